@@ -1,0 +1,75 @@
+"""Structured logging: JSON lines off a terminal, console on one; secrets never reach a line.
+
+Every line carries `event` (a stable dotted name such as `elevation.revoked`) and, bound through
+contextvars, the `request_id`, `checkout_id`, `host`, `attempt` and `event_id` known at that point.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+
+REDACTED = "[redacted]"
+_SECRET_KEYS = re.compile(r"pass(word)?|secret|token|credential|authorization|api_?key", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+:)(?P<pw>[^@\s]+)(?P<at>@)", re.IGNORECASE)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(lambda m: m["scheme"] + REDACTED + m["at"], value)
+    if isinstance(value, Mapping):
+        return {k: REDACTED if _SECRET_KEYS.search(str(k)) else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Drop values of secret-named keys and passwords inside URLs, at any depth."""
+    for key in list(event_dict):
+        event_dict[key] = REDACTED if _SECRET_KEYS.search(key) else _scrub(event_dict[key])
+    return event_dict
+
+
+def configure(level: str = "info", fmt: str | None = None) -> None:
+    """Configure structlog and stdlib logging once, at process start."""
+    if fmt is None:
+        fmt = "console" if sys.stderr.isatty() else "json"
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if fmt == "console"
+        else structlog.processors.JSONRenderer(sort_keys=False)
+    )
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+
+
+def get_logger(**initial: Any) -> Any:
+    return structlog.get_logger(**initial)
+
+
+@contextmanager
+def bound(**context: Any) -> Iterator[None]:
+    """Bind request_id/checkout_id/host/attempt/event_id for every line logged inside the block."""
+    keys = {k: v for k, v in context.items() if v is not None}
+    with structlog.contextvars.bound_contextvars(**keys):
+        yield

@@ -1,0 +1,46 @@
+"""The one configuration object, built once at start-up from the environment (contract section 2)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every variable is optional; defaults are the embedded single-machine set-up.
+
+    The contract's variables are `JIT_AMQP_URL`, `JIT_DATABASE_URL`, `JIT_EXCHANGE`, `JIT_LOG_FORMAT`
+    and `JIT_LOG_LEVEL`; the rest are tuning knobs with safe defaults.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="JIT_", extra="ignore", frozen=True)
+
+    amqp_url: str = "amqp://guest:guest@localhost:5672/%2F"
+    database_url: str = "sqlite:///jit.db"
+    exchange: str = "jit.events"
+    log_format: Literal["json", "console"] | None = None
+    log_level: str = "info"
+
+    queue_prefix: str = Field("jit", description="daemon queues are <prefix>.approval, .elevator, .reaper")
+    prefetch: int = Field(16, ge=1, le=1000, description="unacked deliveries per consumer")
+    workers: int = Field(8, ge=1, le=256, description="worker threads per daemon process")
+    delivery_limit: int = Field(20, ge=1, description="quorum queue x-delivery-limit before dead-lettering")
+    max_event_bytes: int = Field(64 * 1024, ge=1024, description="larger message bodies are rejected")
+    outbox_poll_seconds: float = Field(0.2, gt=0, description="how often the relay looks for unpublished events")
+
+    sweep_interval_seconds: float = Field(1.0, gt=0)
+    per_host_concurrency: int = Field(5, ge=1, description="WinRM shells in flight per host and process")
+    winrm_operation_timeout_seconds: int = Field(20, ge=1)
+    winrm_read_timeout_seconds: int = Field(30, ge=2)
+    winrm_deadline_seconds: float = Field(60.0, gt=0, description="overall deadline of one WinRM operation")
+    retry_initial_seconds: float = Field(0.5, gt=0)
+    retry_max_seconds: float = Field(30.0, gt=0, description="cap of one backoff step, in-process and durable")
+    retry_in_process_seconds: float = Field(20.0, ge=0, description="in-process retrying before going durable")
+    stall_threshold_seconds: float = Field(300.0, gt=0, description="revocation failing this long is 'stalled'")
+    lease_seconds: float = Field(60.0, gt=0, description="how long a claimed row is ours before others retake it")
+    shutdown_grace_seconds: float = Field(25.0, gt=0)
+
+    def queue(self, daemon: str) -> str:
+        return f"{self.queue_prefix}.{daemon}"
