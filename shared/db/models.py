@@ -1,0 +1,229 @@
+"""SQLAlchemy 2.x tables: configuration, requests and their state, the audit trail, outbox and inbox.
+
+Credential providers hold references (an environment variable or a file name), never a password.
+The schema itself is created by the Alembic migration in `shared/db/migrations`; these models must
+match it (a test compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.states import State
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+STATES_SQL = ", ".join(f"'{s.value}'" for s in State)
+ACTIVE_SQL = "state IN ('PENDING', 'APPROVED', 'ELEVATING', 'ELEVATED', 'REVOKING')"
+EXPIRABLE_SQL = "state IN ('APPROVED', 'ELEVATING', 'ELEVATED') AND expiry_event_id IS NULL"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    __table_args__ = (CheckConstraint("kind IN ('internal', 'vendor_rep')", name="kind"),)
+
+
+class UserPermission(Base):
+    __tablename__ = "user_permissions"
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    permission: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class CredentialProvider(Base):
+    __tablename__ = "credential_providers"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    username: Mapped[str] = mapped_column(String(256))
+    password_env: Mapped[str | None] = mapped_column(String(256))
+    password_file: Mapped[str | None] = mapped_column(String(1024))
+    __table_args__ = (
+        CheckConstraint("password_env IS NOT NULL OR password_file IS NOT NULL", name="has_password_source"),
+    )
+
+
+class Application(Base):
+    __tablename__ = "applications"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    application_id: Mapped[str] = mapped_column(ForeignKey("applications.id", ondelete="CASCADE"))
+    address: Mapped[str] = mapped_column(String(255))
+    scheme: Mapped[str] = mapped_column(String(8))
+    port: Mapped[int] = mapped_column(Integer)
+    transport: Mapped[str] = mapped_column(String(16))
+    verify_tls: Mapped[bool] = mapped_column(Boolean, default=True)
+    ca_file: Mapped[str | None] = mapped_column(String(1024))
+    __table_args__ = (
+        UniqueConstraint("application_id", "address"),
+        CheckConstraint("scheme IN ('http', 'https')", name="scheme"),
+    )
+
+
+class Secret(Base):
+    __tablename__ = "secrets"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    account: Mapped[str] = mapped_column(String(256))
+    domain: Mapped[str | None] = mapped_column(String(256))
+    application_id: Mapped[str] = mapped_column(ForeignKey("applications.id"))
+    credential_provider_id: Mapped[str] = mapped_column(ForeignKey("credential_providers.id"))
+    checkout_enabled: Mapped[bool] = mapped_column(Boolean)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    group: Mapped[str] = mapped_column(String(256))
+    approval_required: Mapped[bool] = mapped_column(Boolean)
+    approval_window_seconds: Mapped[int] = mapped_column(Integer)
+    removal_policy: Mapped[str] = mapped_column(String(32))
+    on_revoke: Mapped[str] = mapped_column(String(16), default="report")
+    __table_args__ = (
+        CheckConstraint("approval_window_seconds > 0", name="window_positive"),
+        CheckConstraint("on_revoke IN ('report', 'logoff')", name="on_revoke"),
+    )
+
+
+class TaskSecret(Base):
+    """A secret is in at most one task: `secret_id` is unique."""
+
+    __tablename__ = "task_secrets"
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    secret_id: Mapped[str] = mapped_column(ForeignKey("secrets.id", ondelete="CASCADE"), primary_key=True, unique=True)
+
+
+class Request(Base):
+    """One elevation request, moved through `shared.states` by compare-and-set on `state`."""
+
+    __tablename__ = "requests"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    checkout_id: Mapped[str] = mapped_column(String(128), index=True)
+    secret_id: Mapped[str] = mapped_column(String(128))
+    requester_id: Mapped[str] = mapped_column(String(128))
+    host: Mapped[str] = mapped_column(String(255))
+    justification: Mapped[str] = mapped_column(Text, default="")
+    ticket: Mapped[str | None] = mapped_column(String(2000))
+    duration_seconds: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    # Snapshot of what the request was approved for, so later config edits can't redirect it.
+    task_id: Mapped[str | None] = mapped_column(String(128))
+    account: Mapped[str | None] = mapped_column(String(512))
+    group: Mapped[str | None] = mapped_column(String(256))
+    approver_id: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[datetime]
+    checkout_expires_at: Mapped[datetime]
+    decided_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    expiry_event_id: Mapped[str | None] = mapped_column(String(128))
+    elevated_at: Mapped[datetime | None]
+    pre_existing: Mapped[bool] = mapped_column(Boolean, default=False)
+    end_trigger: Mapped[str | None] = mapped_column(String(64))
+    ended_at: Mapped[datetime | None]
+    failed: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    revoking_since: Mapped[datetime | None]
+    stalled_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+    __table_args__ = (
+        CheckConstraint(f"state IN ({STATES_SQL})", name="state"),
+        # At most one active request per checkout, enforced by the database on both engines.
+        Index("uq_requests_active_checkout", "checkout_id", unique=True,
+              postgresql_where=text(ACTIVE_SQL), sqlite_where=text(ACTIVE_SQL)),
+        # The sweeper's query: cost in proportion to what is due, not to the table.
+        Index("ix_requests_due_expiry", "expires_at",
+              postgresql_where=text(EXPIRABLE_SQL), sqlite_where=text(EXPIRABLE_SQL)),
+        Index("ix_requests_due_revocation", "next_attempt_at",
+              postgresql_where=text("state = 'REVOKING'"), sqlite_where=text("state = 'REVOKING'")),
+        Index("ix_requests_pending_deadline", "checkout_expires_at",
+              postgresql_where=text("state = 'PENDING'"), sqlite_where=text("state = 'PENDING'")),
+        Index("ix_requests_stuck_elevating", "lease_until",
+              postgresql_where=text("state = 'ELEVATING'"), sqlite_where=text("state = 'ELEVATING'")),
+        Index("ix_requests_membership", "host", "account", "group"),
+    )
+
+
+class CheckIn(Base):
+    """A checkout that has been checked in; no elevation may start for it afterwards."""
+
+    __tablename__ = "checkins"
+    checkout_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    secret_id: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(32))
+    checked_in_at: Mapped[datetime]
+    event_id: Mapped[str] = mapped_column(String(128))
+
+
+class AuditEntry(Base):
+    """Append-only: the migration installs triggers that refuse UPDATE and DELETE."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    request_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str | None] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    event_id: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class OutboxEvent(Base):
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+    published_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (
+        Index("ix_outbox_unpublished", "id",
+              postgresql_where=text("published_at IS NULL"), sqlite_where=text("published_at IS NULL")),
+    )
+
+
+class InboxEvent(Base):
+    __tablename__ = "inbox"
+    consumer: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    received_at: Mapped[datetime]

@@ -1,0 +1,265 @@
+"""The wire contract: CloudEvents 1.0 structured JSON envelopes and one validated model per event type.
+
+`parse_event` is the only way bytes from the broker become an event. It either returns a fully
+validated `Event` or raises `BadEvent` whose message names the problem; nothing is half-processed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+)
+
+CONTENT_TYPE = "application/cloudevents+json"
+DEFAULT_MAX_BYTES = 64 * 1024
+
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
+
+
+def _check_id(value: str) -> str:
+    if not _ID_PATTERN.match(value):
+        raise ValueError("must be 1-128 characters of letters, digits and . _ : @ - (starting with a letter or digit)")
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(_check_id)]
+Text = Annotated[str, Field(max_length=2000)]
+Timestamp = AwareDatetime
+
+
+class BadEvent(ValueError):
+    """A message that is not a valid event of the contract; the message says why."""
+
+
+class EventData(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
+
+    @field_serializer("*", when_used="json")
+    def _times_as_rfc3339(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            return format_time(value)
+        return value
+
+
+class ElevationRequested(EventData):
+    request_id: Identifier
+    checkout_id: Identifier
+    secret_id: Identifier
+    requester_id: Identifier
+    host: Annotated[str, Field(min_length=1, max_length=255)]
+    justification: Text
+    checkout_expires_at: Timestamp
+    ticket: Text | None = None
+    duration_seconds: Annotated[int, Field(gt=0, le=366 * 24 * 3600)] | None = None
+
+
+class ElevationDecided(EventData):
+    request_id: Identifier
+    approver_id: Identifier
+    decision: Literal["approve", "deny"]
+    reason: Text | None = None
+
+
+class ElevationApproved(EventData):
+    request_id: Identifier
+    checkout_id: Identifier
+    secret_id: Identifier
+    approver_id: Identifier
+    expires_at: Timestamp
+    policy: str | None = None
+
+
+class ElevationDenied(EventData):
+    request_id: Identifier
+    reason: Text
+    approver_id: Identifier
+
+
+class ElevationCancelled(EventData):
+    """Ours (not in the v1 table): a pending request ended before any decision."""
+
+    request_id: Identifier
+    reason: Text
+
+
+class ElevationElevated(EventData):
+    request_id: Identifier
+    secret_id: Identifier
+    host: str
+    account: str
+    group: str
+    elevated_at: Timestamp
+    expires_at: Timestamp
+    pre_existing: bool = False
+
+
+class ElevationFailed(EventData):
+    request_id: Identifier
+    error: Text
+
+
+CheckInReason = Literal["service_closed", "session_timeout", "manual", "checkout_expired", "approval_expired"]
+
+
+class SecretCheckedIn(EventData):
+    checkout_id: Identifier
+    secret_id: Identifier
+    reason: CheckInReason
+
+
+class ElevationExpired(EventData):
+    request_id: Identifier
+    reason: Literal["checkout_expired", "approval_expired"]
+
+
+class ElevationRevokeRequested(EventData):
+    """Ours: an operator ends an active elevation early (`jitctl revoke`)."""
+
+    request_id: Identifier
+    operator_id: Identifier
+    reason: Text
+
+
+class ElevationRevoked(EventData):
+    request_id: Identifier
+    secret_id: Identifier
+    host: str
+    account: str
+    group: str
+    revoked_at: Timestamp
+    attempts: int
+    trigger: str
+    membership_kept: str | None = None
+    sessions: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ElevationRevocationStalled(EventData):
+    request_id: Identifier
+    attempts: int
+    last_error: Text
+    since: Timestamp
+
+
+DATA_MODELS: dict[str, type[EventData]] = {
+    "elevation.requested": ElevationRequested,
+    "elevation.decided": ElevationDecided,
+    "elevation.approved": ElevationApproved,
+    "elevation.denied": ElevationDenied,
+    "elevation.cancelled": ElevationCancelled,
+    "elevation.elevated": ElevationElevated,
+    "elevation.failed": ElevationFailed,
+    "secret.checked_in": SecretCheckedIn,
+    "elevation.expired": ElevationExpired,
+    "elevation.revoke_requested": ElevationRevokeRequested,
+    "elevation.revoked": ElevationRevoked,
+    "elevation.revocation_stalled": ElevationRevocationStalled,
+}
+EVENT_TYPES = tuple(DATA_MODELS)
+
+
+class Envelope(BaseModel):
+    """The CloudEvents 1.0 attributes we require; `data` is validated separately, by type."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    specversion: Literal["1.0"]
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+    source: Annotated[str, Field(min_length=1, max_length=255)]
+    type: str
+    time: Timestamp | None = None
+    datacontenttype: Literal["application/json"] | None = None
+    data: dict[str, Any]
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    type: str
+    source: str
+    time: datetime
+    data: EventData
+
+    def to_json(self) -> bytes:
+        body = {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "time": format_time(self.time),
+            "datacontenttype": "application/json",
+            "data": self.data.model_dump(mode="json", exclude_none=True),
+        }
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_event(event_type: str, data: EventData | dict[str, Any], *, source: str, time: datetime | None = None,
+              event_id: str | None = None) -> Event:
+    """Build an outgoing event; `data` is validated against the type's model."""
+    model = DATA_MODELS.get(event_type)
+    if model is None:
+        raise BadEvent(f"unknown event type {event_type!r}; known: {', '.join(EVENT_TYPES)}")
+    if isinstance(data, dict):
+        try:
+            data = model.model_validate(data)
+        except ValidationError as exc:
+            raise BadEvent(f"{event_type}: {_describe(exc)}") from None
+    elif not isinstance(data, model):
+        raise BadEvent(f"{event_type} needs {model.__name__} data, got {type(data).__name__}")
+    return Event(id=event_id or str(uuid.uuid4()), type=event_type, source=source, time=time or utcnow(), data=data)
+
+
+def parse_event(
+    body: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, expected_types: tuple[str, ...] | None = None
+) -> Event:
+    """Validate a message body as one event of the contract, or raise BadEvent naming the problem."""
+    if len(body) > max_bytes:
+        raise BadEvent(f"oversized body: {len(body)} bytes > limit of {max_bytes}")
+    try:
+        raw = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadEvent(f"body is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BadEvent(f"body must be a JSON object (a CloudEvent), got {type(raw).__name__}")
+    try:
+        envelope = Envelope.model_validate(raw)
+    except ValidationError as exc:
+        raise BadEvent(f"not a CloudEvents 1.0 envelope: {_describe(exc)}") from None
+    model = DATA_MODELS.get(envelope.type)
+    if model is None:
+        raise BadEvent(f"unknown event type {envelope.type!r} (event {envelope.id})")
+    if expected_types is not None and envelope.type not in expected_types:
+        raise BadEvent(f"event type {envelope.type!r} is not handled here (event {envelope.id})")
+    try:
+        data = model.model_validate(envelope.data)
+    except ValidationError as exc:
+        raise BadEvent(f"{envelope.type} {envelope.id}: {_describe(exc)}") from None
+    return Event(id=envelope.id, type=envelope.type, source=envelope.source, time=envelope.time or utcnow(), data=data)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,151 @@
+"""The one fixture module: a fresh database (SQLite and PostgreSQL) and a fresh broker vhost per run.
+
+Services are real. URLs come from the environment when given:
+  JIT_TEST_POSTGRES_URL  admin URL of a PostgreSQL server (default: the local one, trust auth)
+  JIT_TEST_AMQP_URL      a RabbitMQ URL whose vhost this run may use as its own (default: a new
+                         vhost `jit-test-<run>` made with rabbitmqctl on the local broker)
+When no URL is given and the local server does not answer, testcontainers is tried if a Docker
+engine is present; otherwise the test fails with a message saying what to start. Never skipped:
+a suite that silently skips its database tests proves nothing.
+
+Each test gets its own exchange and queue names inside the run's vhost, and its own SQLite file or
+an emptied PostgreSQL database, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.engine import make_engine, session_factory
+from shared.db.migrate import upgrade
+from shared.db.models import Base
+from shared.settings import Settings
+
+RUN_ID = uuid.uuid4().hex[:10]
+REPO = Path(__file__).resolve().parent.parent
+HANDBOOK = REPO.parent / "shared"  # read-only data for tests (recorded Windows transcripts)
+
+
+def _docker_available() -> bool:
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    url = os.environ.get("JIT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    try:
+        engine = make_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+        yield url
+        return
+    except sa.exc.OperationalError as exc:
+        if "JIT_TEST_POSTGRES_URL" in os.environ or not _docker_available():
+            pytest.fail(f"PostgreSQL is not reachable at {url} ({exc.orig}); start it with "
+                        "`pg_ctlcluster --skip-systemctl-redirect <version> main start` or run .ci/run")
+    from testcontainers.postgres import PostgresContainer
+
+    with PostgresContainer("postgres:16", driver="psycopg") as container:
+        yield container.get_connection_url()
+
+
+@pytest.fixture(scope="session")
+def postgres_run_database(postgres_server_url: str) -> Iterator[str]:
+    """A database of this run's own, migrated once; dropped at the end."""
+    name = f"jit_test_{RUN_ID}"
+    admin = make_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+def _empty_postgres(url: str) -> None:
+    engine = make_engine(url)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each database test runs twice: on an SQLite file and on PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jit.db'}"
+        upgrade(url)
+        return url
+    url: str = request.getfixturevalue("postgres_run_database")
+    _empty_postgres(url)
+    return url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    eng = make_engine(database_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def factory(engine: sa.Engine) -> sessionmaker[Session]:
+    return session_factory(engine)
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def amqp_run_url() -> Iterator[str]:
+    """A vhost of this run's own on the broker; deleted at the end."""
+    given = os.environ.get("JIT_TEST_AMQP_URL")
+    if given:
+        yield given
+        return
+    if not shutil.which("rabbitmqctl"):
+        pytest.fail("rabbitmqctl not found: set JIT_TEST_AMQP_URL to a RabbitMQ vhost this run may use")
+    vhost = f"jit-test-{RUN_ID}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+    _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def settings(amqp_run_url: str, database_url: str) -> Settings:
+    """Settings for one test: its database and its own exchange and queue names in the run's vhost."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    return Settings(
+        amqp_url=amqp_run_url, database_url=database_url, exchange=f"{name}.events", queue_prefix=name,
+        sweep_interval_seconds=0.2, outbox_poll_seconds=0.05, retry_initial_seconds=0.05, retry_max_seconds=0.5,
+        retry_in_process_seconds=1.0, winrm_operation_timeout_seconds=2, winrm_read_timeout_seconds=4,
+        winrm_deadline_seconds=10.0, shutdown_grace_seconds=10.0,
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a daemon subprocess use `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_")}
+    for field, value in settings.model_dump().items():
+        if value is not None:
+            env[f"JIT_{field.upper()}"] = str(value)
+    env.setdefault("JIT_LOG_FORMAT", "json")
+    return env

@@ -1,0 +1,94 @@
+"""The wire contract: valid events round-trip; every kind of bad input is refused with a reason naming it."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from shared.events import EVENT_TYPES, BadEvent, ElevationRequested, new_event, parse_event
+
+REQUESTED = {
+    "request_id": "req-1", "checkout_id": "co-1", "secret_id": "sec-1", "requester_id": "alice",
+    "host": "web01.corp.example", "justification": "patching", "checkout_expires_at": "2026-11-24T11:00:00+01:00",
+}
+
+
+def envelope(**overrides: Any) -> dict[str, Any]:
+    body = {"specversion": "1.0", "id": "ev-1", "source": "pam/connection-workflow", "type": "elevation.requested",
+            "time": "2026-11-24T10:00:00Z", "datacontenttype": "application/json", "data": dict(REQUESTED)}
+    body.update(overrides)
+    return body
+
+
+def raw(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
+def test_a_valid_event_parses_with_typed_data() -> None:
+    event = parse_event(raw(envelope()))
+    assert event.id == "ev-1" and event.type == "elevation.requested"
+    assert isinstance(event.data, ElevationRequested)
+    assert event.data.checkout_expires_at == datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+def test_round_trip_keeps_everything_and_writes_rfc3339_times() -> None:
+    event = new_event("elevation.requested", REQUESTED, source="test")
+    body = json.loads(event.to_json())
+    assert body["specversion"] == "1.0" and body["type"] == "elevation.requested"
+    assert body["data"]["checkout_expires_at"] == "2026-11-24T10:00:00Z"
+    again = parse_event(event.to_json())
+    assert again.data == event.data and again.id == event.id
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (raw([1, 2]), "must be a JSON object"),
+        (raw(envelope(specversion="0.3")), "specversion"),
+        (raw({k: v for k, v in envelope().items() if k != "id"}), "id: Field required"),
+        (raw(envelope(type="elevation.teleported")), "unknown event type 'elevation.teleported'"),
+        (raw(envelope(data={**REQUESTED, "checkout_expires_at": "tomorrow"})), "checkout_expires_at"),
+        (raw(envelope(data={**REQUESTED, "checkout_expires_at": "2026-11-24T10:00:00"})), "timezone"),
+        (raw(envelope(data={k: v for k, v in REQUESTED.items() if k != "host"})), "host: Field required"),
+        (raw(envelope(data={**REQUESTED, "request_id": 42})), "request_id"),
+        (raw(envelope(data={**REQUESTED, "request_id": "a b;rm"})), "request_id"),
+        (raw(envelope(time="yesterday")), "time"),
+        (raw(envelope(data="x")), "data"),
+        (raw(envelope(data={"request_id": "r", "approver_id": "b", "decision": "maybe"}, type="elevation.decided")),
+         "decision"),
+        (raw(envelope(data={"checkout_id": "c", "secret_id": "s", "reason": "bored"}, type="secret.checked_in")),
+         "reason"),
+    ],
+)
+def test_bad_input_is_refused_with_a_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(BadEvent) as info:
+        parse_event(body)
+    assert reason in str(info.value)
+
+
+def test_an_oversized_body_is_refused_before_parsing() -> None:
+    big = raw(envelope(data={**REQUESTED, "justification": "x" * 70_000}))
+    with pytest.raises(BadEvent, match=r"oversized body: \d+ bytes > limit of 65536"):
+        parse_event(big)
+
+
+def test_an_event_for_another_consumer_is_refused() -> None:
+    with pytest.raises(BadEvent, match="not handled here"):
+        parse_event(raw(envelope()), expected_types=("secret.checked_in",))
+
+
+def test_every_contract_type_is_known() -> None:
+    for name in ["elevation.requested", "elevation.decided", "elevation.approved", "elevation.denied",
+                 "elevation.elevated", "elevation.failed", "secret.checked_in", "elevation.expired",
+                 "elevation.revoked", "elevation.revocation_stalled"]:
+        assert name in EVENT_TYPES
+
+
+def test_new_event_validates_outgoing_data() -> None:
+    with pytest.raises(BadEvent, match="elevation.failed: error: Field required"):
+        new_event("elevation.failed", {"request_id": "r"}, source="test")
