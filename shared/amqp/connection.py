@@ -1,0 +1,77 @@
+"""How this project opens a RabbitMQ connection, and how long it waits before trying again.
+
+Owns the connection parameters (the settings URL plus safe defaults for heartbeat and
+blocked-connection timeout), the errors that mean "the connection or channel is gone", and the
+capped, jittered reconnect backoff shared by the consumer and the publisher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import socket
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pika
+import pika.exceptions
+
+# A heartbeat lets both sides notice a dead peer (a half-open TCP connection) within ~2 intervals.
+DEFAULT_HEARTBEAT_SECONDS = 30
+# With a resource alarm the broker blocks publishers; give up after this long rather than hang forever.
+DEFAULT_BLOCKED_CONNECTION_TIMEOUT_SECONDS = 60.0
+
+BACKOFF_INITIAL_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 10.0
+
+# Everything pika raises when the connection or the channel went away (broker restart, network cut,
+# heartbeat timeout, connection closed by an operator, channel closed by a broker-side error).
+# UnroutableError and NackError are AMQPChannelError too: callers that care catch them first.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.AMQPChannelError,
+    OSError,
+)
+
+
+def connection_parameters(url: str, *, name: str) -> pika.URLParameters:
+    """The URL's parameters; heartbeat and blocked_connection_timeout default unless the URL sets them."""
+    params = pika.URLParameters(url)
+    query = parse_qs(urlsplit(url).query)
+    if "heartbeat" not in query:
+        params.heartbeat = DEFAULT_HEARTBEAT_SECONDS
+    if "blocked_connection_timeout" not in query:
+        params.blocked_connection_timeout = DEFAULT_BLOCKED_CONNECTION_TIMEOUT_SECONDS
+    # The name shows in `rabbitmqctl list_connections client_properties`, so an operator can tell us apart.
+    properties: dict[str, Any] = dict(params.client_properties or {})
+    properties["connection_name"] = f"{name} {socket.gethostname()}:{os.getpid()}"
+    params.client_properties = properties
+    return params
+
+
+def connect(url: str, *, name: str) -> pika.BlockingConnection:
+    return pika.BlockingConnection(connection_parameters(url, name=name))
+
+
+def heartbeat_of(params: pika.URLParameters) -> float | None:
+    """The heartbeat we asked for, or None when disabled or left to the broker."""
+    value = params.heartbeat
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def backoff_delay(attempt: int) -> float:
+    """Seconds to wait before reconnect `attempt` (0-based): exponential, capped, jittered.
+
+    The jitter keeps many replicas that lost the broker together from reconnecting in lockstep.
+    """
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_INITIAL_SECONDS * 2 ** min(attempt, 16))
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+def close_quietly(connection: pika.BlockingConnection | None) -> None:
+    """Close a connection that may already be dead; on the way out there is nothing useful to do with an error."""
+    if connection is None or not connection.is_open:
+        return
+    with contextlib.suppress(*CONNECTION_ERRORS):
+        connection.close()
