@@ -1,0 +1,143 @@
+"""The composition root every daemon shares: settings, logging, database, publisher, outbox relay, consumer.
+
+A daemon supplies its name, the routing keys it consumes, one `process(event)` function and any
+periodic jobs (the sweeper). `process` runs on a worker thread, never on the pika connection's
+thread; it commits its own transactions and returns, and only then is the message acked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import logs
+from shared.amqp.consumer import Consumer, Delivery, Outcome
+from shared.amqp.publisher import Publisher
+from shared.clock import Clock, SystemClock
+from shared.db.engine import make_engine, session_factory
+from shared.db.outbox import OutboxRelay
+from shared.events import BadEvent, Event, parse_event
+from shared.settings import Settings
+
+log = logs.get_logger()
+
+
+class Retry(Exception):
+    """Raised by `process` for a transient failure: the message goes back on the queue."""
+
+
+@dataclass
+class Periodic:
+    """A job run every `interval` seconds on its own thread until the daemon stops."""
+
+    name: str
+    interval: float
+    run: Callable[[], object]
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self, stopping: threading.Event) -> None:
+        def loop() -> None:
+            while not stopping.is_set():
+                try:
+                    self.run()
+                except Exception as exc:  # the database may be down for a while; keep sweeping
+                    log.error(f"{self.name}.failed", error=str(exc), exc_info=True)
+                stopping.wait(self.interval)
+
+        self._thread = threading.Thread(target=loop, name=self.name, daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+@dataclass
+class Runtime:
+    name: str
+    settings: Settings
+    factory: sessionmaker[Session]
+    publisher: Publisher
+    relay: OutboxRelay
+    clock: Clock = field(default_factory=SystemClock)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def create(cls, name: str, settings: Settings) -> Runtime:
+        factory = session_factory(make_engine(settings.database_url))
+        publisher = Publisher(settings)
+        relay = OutboxRelay(factory, publisher, poll_seconds=settings.outbox_poll_seconds)
+        return cls(name=name, settings=settings, factory=factory, publisher=publisher, relay=relay)
+
+    def handler(self, routing_keys: Sequence[str], process: Callable[[Event], None]) -> Callable[[Delivery], Outcome]:
+        """Decode, validate and process one delivery; the outcome decides ack, dead-letter or requeue."""
+        expected = tuple(routing_keys)
+
+        def handle(delivery: Delivery) -> Outcome:
+            try:
+                event = parse_event(delivery.body, max_bytes=self.settings.max_event_bytes, expected_types=expected)
+            except BadEvent as exc:
+                log.warning("event.rejected", reason=str(exc), message_id=delivery.message_id,
+                            routing_key=delivery.routing_key)
+                return Outcome.REJECT
+            data = event.data
+            with logs.bound(event_id=event.id, event_type=event.type, request_id=getattr(data, "request_id", None),
+                            checkout_id=getattr(data, "checkout_id", None), host=getattr(data, "host", None)):
+                try:
+                    process(event)
+                except Retry as exc:
+                    log.warning("event.requeued", reason=str(exc))
+                    return Outcome.REQUEUE
+                finally:
+                    self.relay.wake()
+            return Outcome.ACK
+
+        return handle
+
+    def serve(self, routing_keys: Sequence[str], process: Callable[[Event], None],
+              periodic: Sequence[Periodic] = ()) -> int:
+        """Run until SIGTERM/SIGINT: stop taking messages, finish what is in flight, exit 0."""
+        consumer = Consumer(self.settings, self.name, routing_keys, self.handler(routing_keys, process))
+        consumer.install_signal_handlers()
+        self.relay.start()
+        for job in periodic:
+            job.start(self.stopping)
+        log.info("daemon.started", daemon=self.name, queue=self.settings.queue(self.name),
+                 routing_keys=list(routing_keys))
+        try:
+            consumer.run()
+        finally:
+            self.stopping.set()
+            for job in periodic:
+                job.join(self.settings.shutdown_grace_seconds)
+            self.relay.stop()
+            self.publisher.close()
+            log.info("daemon.stopped", daemon=self.name)
+        return 0
+
+
+def daemon_main(name: str, description: str, build: Callable[[Runtime], int]) -> None:
+    """Parse the (few) flags, configure logging from the environment, build and serve the daemon."""
+    parser = argparse.ArgumentParser(prog=f"jit-{name}", description=description,
+                                     epilog="Configuration comes from JIT_* environment variables (README).")
+    parser.add_argument("--check", action="store_true", help="connect to the database and broker, then exit")
+    args = parser.parse_args()
+    try:
+        settings = Settings()
+    except Exception as exc:
+        print(f"jit-{name}: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.configure(settings.log_level, settings.log_format)
+    runtime = Runtime.create(name, settings)
+    if args.check:
+        with runtime.factory() as session:
+            session.connection()
+        runtime.publisher.close()
+        print(f"jit-{name}: database and broker reachable")
+        raise SystemExit(0)
+    raise SystemExit(build(runtime))
