@@ -1,0 +1,61 @@
+"""Value objects the WinRM port speaks in: where a host is, who we log on as, and a logon session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+_SCHEMES = ("http", "https")
+_TRANSPORTS = ("ntlm", "basic")
+
+
+@dataclass(frozen=True)
+class HostEndpoint:
+    """One Windows host's WinRM listener. ``ca_file`` pins the CA that signed its certificate."""
+
+    address: str
+    scheme: str = "https"
+    port: int = 5986
+    transport: str = "ntlm"
+    verify_tls: bool = True
+    ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scheme not in _SCHEMES:
+            raise ValueError(f"scheme must be one of {_SCHEMES}, not {self.scheme!r}")
+        if self.transport not in _TRANSPORTS:
+            raise ValueError(f"transport must be one of {_TRANSPORTS}, not {self.transport!r}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port out of range: {self.port}")
+        if not self.address or any(c in self.address for c in "/@?# \t\r\n"):
+            raise ValueError(f"not a host address: {self.address!r}")
+
+    @property
+    def key(self) -> str:
+        """``address:port``: identifies the listener (for the per-host shell cap and in messages)."""
+        return f"{self.address}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.scheme}://{host}:{self.port}/wsman"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The service account. The password never appears in repr() or str()."""
+
+    username: str
+    password: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return f"Credentials(username={self.username!r})"
+
+
+@dataclass(frozen=True)
+class LogonSession:
+    """One interactive logon session as ``quser`` reports it (``account`` is the bare user name)."""
+
+    session_id: str
+    account: str
+    state: str
+    logon_time: str | None

@@ -1,0 +1,142 @@
+"""The fixed PowerShell scripts the adapter sends, and how their one-line JSON answer is read.
+
+The scripts never contain data: the member, group and session id arrive as shell environment
+variables (``rsp:Environment`` in the WS-Man Create), read as ``$env:JIT_*``. Each script catches
+the cmdlet errors it expects and prints one JSON object on stdout, ``{"status": ...}``; an error it
+does not expect prints ``status: "error"`` with the FullyQualifiedErrorId and exits 1.
+jit-winrm-sim imports these constants and answers exactly these texts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+ENV_MEMBER = "JIT_MEMBER"
+ENV_GROUP = "JIT_GROUP"
+ENV_GROUP_KIND = "JIT_GROUP_KIND"  # "SID" or "Name": which Get-LocalGroup parameter set to use
+ENV_SESSION_ID = "JIT_SESSION_ID"
+
+POWERSHELL = "powershell.exe"
+POWERSHELL_FLAGS = ("-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-EncodedCommand")
+
+_PREAMBLE = "$ErrorActionPreference = 'Stop'\n$ProgressPreference = 'SilentlyContinue'\n"
+
+_RESOLVE_GROUP = (
+    "    if ($env:JIT_GROUP_KIND -eq 'SID') { $group = Get-LocalGroup -SID $env:JIT_GROUP }\n"
+    "    else { $group = Get-LocalGroup -Name $env:JIT_GROUP }\n"
+)
+
+
+def _catch(mapping: tuple[tuple[str, str], ...]) -> str:
+    branches = "".join(
+        f"    {'if' if i == 0 else 'elseif'} ($id -like '{fq}') {{ $code = '{status}' }}\n"
+        for i, (fq, status) in enumerate(mapping)
+    )
+    return (
+        "} catch {\n"
+        "    $id = [string]$_.FullyQualifiedErrorId\n"
+        "    $code = 'error'\n"
+        f"{branches}"
+        "    ConvertTo-Json -Compress -InputObject ([ordered]@{ status = $code; error_id = $id;"
+        " message = [string]$_.Exception.Message })\n"
+        "    if ($code -eq 'error') { exit 1 }\n"
+        "}\n"
+    )
+
+
+_COMMON_ERRORS = (
+    ("GroupNotFound,*", "group_not_found"),
+    ("PrincipalNotFound,*", "principal_not_found"),
+    ("AccessDenied,*", "access_denied"),
+)
+
+ADD_MEMBER = (
+    _PREAMBLE
+    + "try {\n"
+    + _RESOLVE_GROUP
+    + "    Add-LocalGroupMember -Group $group -Member $env:JIT_MEMBER\n"
+    + "    '{\"status\":\"added\"}'\n"
+    + _catch((("MemberExists,*", "already_member"), *_COMMON_ERRORS))
+)
+
+REMOVE_MEMBER = (
+    _PREAMBLE
+    + "try {\n"
+    + _RESOLVE_GROUP
+    + "    Remove-LocalGroupMember -Group $group -Member $env:JIT_MEMBER\n"
+    + "    '{\"status\":\"removed\"}'\n"
+    + _catch((("MemberNotFound,*", "not_member"), *_COMMON_ERRORS))
+)
+
+IS_MEMBER = (
+    _PREAMBLE
+    + "try {\n"
+    + _RESOLVE_GROUP
+    + "    $null = Get-LocalGroupMember -Group $group -Member $env:JIT_MEMBER\n"
+    + "    '{\"status\":\"member\"}'\n"
+    + _catch((("MemberNotFound,*", "not_member"), *_COMMON_ERRORS))
+)
+
+# quser prints only the bare user name, so sessions are matched on the account part of JIT_MEMBER.
+# quser writes "No User exists for *" to stderr and exits 1 when nobody is logged on: not an error here.
+LIST_SESSIONS = (
+    _PREAMBLE
+    + "try {\n"
+    + "    $want = ($env:JIT_MEMBER -split '\\\\')[-1]\n"
+    + "    $ErrorActionPreference = 'Continue'\n"
+    + "    $lines = @(quser.exe 2>$null)\n"
+    + "    $ErrorActionPreference = 'Stop'\n"
+    + "    $rows = @()\n"
+    + "    foreach ($line in ($lines | Select-Object -Skip 1)) {\n"
+    + "        $t = @($line.Substring(1).Trim() -split '\\s{2,}')\n"
+    + "        if ($t.Count -eq 5) { $t = @($t[0], '', $t[1], $t[2], $t[3], $t[4]) }\n"
+    + "        if ($t.Count -ge 6 -and $t[0] -eq $want) {\n"
+    + "            $rows += [ordered]@{ id = $t[2]; user = $t[0]; state = $t[3]; logon_time = $t[5] }\n"
+    + "        }\n"
+    + "    }\n"
+    + "    ConvertTo-Json -Compress -Depth 3 -InputObject ([ordered]@{ status = 'ok'; sessions = @($rows) })\n"
+    + _catch(())
+)
+
+# logoff.exe exits non-zero when the session does not exist (any more): that is the wanted end state.
+LOGOFF = (
+    _PREAMBLE
+    + "try {\n"
+    + "    $sid = [int]$env:JIT_SESSION_ID\n"
+    + "    $ErrorActionPreference = 'Continue'\n"
+    + "    logoff.exe $sid 2>$null\n"
+    + "    $rc = $LASTEXITCODE\n"
+    + "    $ErrorActionPreference = 'Stop'\n"
+    + "    if ($rc -eq 0) { '{\"status\":\"logged_off\"}' } else { '{\"status\":\"no_session\"}' }\n"
+    + _catch(())
+)
+
+ALL_SCRIPTS: dict[str, str] = {
+    "add_member": ADD_MEMBER,
+    "remove_member": REMOVE_MEMBER,
+    "is_member": IS_MEMBER,
+    "list_sessions": LIST_SESSIONS,
+    "logoff": LOGOFF,
+}
+
+
+def encode_command(script: str) -> str:
+    """``-EncodedCommand`` form: base64 of the UTF-16LE script text."""
+    return base64.b64encode(script.encode("utf-16-le")).decode("ascii")
+
+
+def powershell_arguments(script: str) -> list[str]:
+    return [*POWERSHELL_FLAGS, encode_command(script)]
+
+
+def parse_result(stdout: bytes) -> dict[str, Any]:
+    """Read the last JSON object line the script printed; raise ValueError if there is none."""
+    for line in reversed(stdout.decode("utf-8", errors="replace").splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            value = json.loads(line)
+            if isinstance(value, dict) and isinstance(value.get("status"), str):
+                return value
+    raise ValueError("no JSON result line on stdout")

@@ -1,0 +1,179 @@
+"""What the simulated host runs: ``whoami``, ``net localgroup``, and the adapter's fixed PowerShell scripts.
+
+PowerShell is not interpreted. ``powershell ... -EncodedCommand <b64>`` is decoded and compared,
+as exact text, with the scripts in :mod:`shared.winrm.scripts`; a match runs the Python model of
+that script (taking data only from the shell environment), anything else gets a PowerShell error
+(CLIXML on stderr, exit code 1). ``net localgroup`` answers with net.exe's messages and exit code 2.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from xml.sax.saxutils import escape
+
+from shared.winrm import scripts
+
+from .host import PSError, WindowsHost
+
+
+@dataclass(frozen=True)
+class Result:
+    stdout: str
+    stderr: str
+    rc: int
+
+
+def _ps_error(message: str, error_id: str) -> Result:
+    """stderr as powershell.exe writes it for a terminating error when run non-interactively."""
+    text = escape(f"{message}\r\n    + CategoryInfo          : NotSpecified: (:) [], Exception\r\n"
+                  f"    + FullyQualifiedErrorId : {error_id}\r\n \r\n").replace("\r\n", "_x000D__x000A_")
+    clixml = (
+        '#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+        f'<S S="Error">{text}</S></Objs>'
+    )
+    return Result("", clixml, 1)
+
+
+def _json_line(obj: dict[str, object]) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\r\n"
+
+
+def _caught(err: PSError, known: dict[str, str]) -> Result:
+    prefix = err.error_id.split(",", 1)[0]
+    status = known.get(prefix, "error")
+    line = _json_line({"status": status, "error_id": err.error_id, "message": err.message})
+    return Result(line, "", 1 if status == "error" else 0)
+
+
+_COMMON = {"GroupNotFound": "group_not_found", "PrincipalNotFound": "principal_not_found",
+           "AccessDenied": "access_denied"}
+
+
+def _membership_script(
+    op: Callable[[WindowsHost, object, str | None], None], ok: str, extra: dict[str, str]
+) -> Callable[[WindowsHost, dict[str, str]], Result]:
+    def run(host: WindowsHost, env: dict[str, str]) -> Result:
+        try:
+            group = host.find_group(env.get(scripts.ENV_GROUP_KIND), env.get(scripts.ENV_GROUP))
+            op(host, group, env.get(scripts.ENV_MEMBER))
+        except PSError as err:
+            return _caught(err, {**extra, **_COMMON})
+        return Result(_json_line({"status": ok}), "", 0)
+
+    return run
+
+
+def _list_sessions(host: WindowsHost, env: dict[str, str]) -> Result:
+    # Same parsing as the script applies to quser.exe output.
+    want = env.get(scripts.ENV_MEMBER, "").split("\\")[-1].lower()
+    rows = []
+    for line in host.quser().splitlines()[1:]:
+        t = re.split(r"\s{2,}", line[1:].strip())
+        if len(t) == 5:
+            t = [t[0], "", *t[1:]]
+        if len(t) >= 6 and t[0].lower() == want:
+            rows.append({"id": t[2], "user": t[0], "state": t[3], "logon_time": t[5]})
+    return Result(_json_line({"status": "ok", "sessions": rows}), "", 0)
+
+
+def _logoff(host: WindowsHost, env: dict[str, str]) -> Result:
+    raw = env.get(scripts.ENV_SESSION_ID, "")
+    if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", raw or ""):
+        err = PSError("InvalidCastFromStringToInteger",
+                      f'Cannot convert value "{raw}" to type "System.Int32". Error: "Input string was not '
+                      'in a correct format."')
+        return _caught(err, {})
+    done = host.logoff(int(raw))
+    return Result(_json_line({"status": "logged_off" if done else "no_session"}), "", 0)
+
+
+SCRIPT_HANDLERS: dict[str, Callable[[WindowsHost, dict[str, str]], Result]] = {
+    scripts.ADD_MEMBER: _membership_script(
+        lambda h, g, m: h.add_member(g, m), "added", {"MemberExists": "already_member"}),  # type: ignore[arg-type]
+    scripts.REMOVE_MEMBER: _membership_script(
+        lambda h, g, m: h.remove_member(g, m), "removed", {"MemberNotFound": "not_member"}),  # type: ignore[arg-type]
+    scripts.IS_MEMBER: _membership_script(
+        lambda h, g, m: h.check_member(g, m), "member", {"MemberNotFound": "not_member"}),  # type: ignore[arg-type]
+    scripts.LIST_SESSIONS: _list_sessions,
+    scripts.LOGOFF: _logoff,
+}
+SCRIPT_NAMES = {text: name for name, text in scripts.ALL_SCRIPTS.items()}
+
+
+def split_command_line(line: str) -> list[str]:
+    """cmd.exe-style word split: whitespace separates, double quotes group (and are dropped)."""
+    return [m.group(1) if m.group(1) is not None else m.group(2)
+            for m in re.finditer(r'"([^"]*)"|(\S+)', line)]
+
+
+def decode_encoded_command(words: list[str]) -> str | None:
+    """The script of ``powershell ... -EncodedCommand <b64>``, or None if there is none or it is not valid."""
+    for i, word in enumerate(words[:-1]):
+        if word.lower() in ("-encodedcommand", "-enc", "-ec", "-e"):
+            try:
+                return base64.b64decode(words[i + 1], validate=True).decode("utf-16-le")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+    return None
+
+
+def _net_localgroup(host: WindowsHost, words: list[str]) -> Result:
+    ok = Result("The command completed successfully.\r\n\r\n", "", 0)
+    if len(words) != 5 or words[1].lower() != "localgroup" or words[4].lower() not in ("/add", "/delete"):
+        return Result("", "The syntax of this command is:\r\n\r\nNET LOCALGROUP\r\n[groupname [/COMMENT:\"text\"]"
+                      " [/DOMAIN]]\r\n              groupname name [...] {/ADD | /DELETE} [/DOMAIN]\r\n\r\n", 1)
+    try:
+        group = host.find_group("Name", words[2])
+    except PSError:
+        return Result("", "The group name could not be found.\r\n\r\nMore help is available by typing "
+                      "NET HELPMSG 2220.\r\n\r\n", 2)
+    if not host.service_is_admin:
+        return Result("", "System error 5 has occurred.\r\n\r\nAccess is denied.\r\n\r\n", 2)
+    try:
+        (host.add_member if words[4].lower() == "/add" else host.remove_member)(group, words[3])
+    except PSError as err:
+        if err.error_id.startswith("MemberExists"):
+            return Result("", "System error 1378 has occurred.\r\n\r\nThe specified account name is already "
+                          "a member of the group.\r\n\r\n", 2)
+        if err.error_id.startswith("MemberNotFound"):
+            return Result("", "System error 1377 has occurred.\r\n\r\nThe specified account name is not a "
+                          "member of the group.\r\n\r\n", 2)
+        return Result("", f"There is no such global user or group: {words[3]}.\r\n\r\nMore help is available "
+                      "by typing NET HELPMSG 3783.\r\n\r\n", 2)
+    return ok
+
+
+@dataclass(frozen=True)
+class Execution:
+    result: Result
+    script: str | None  # the decoded PowerShell script, if any
+    script_name: str | None  # which adapter template it matched, if any
+
+
+def execute(host: WindowsHost, user: str, command: str, arguments: str, env: dict[str, str]) -> Execution:
+    """Run one WinRS command line (``command`` + space + ``arguments``) against ``host``."""
+    words = split_command_line(f"{command} {arguments}".strip())
+    program = words[0].lower().removesuffix(".exe") if words else ""
+    if program == "whoami" and len(words) == 1:
+        return Execution(Result(f"{user.lower()}\r\n", "", 0), None, None)
+    if program == "net" and len(words) >= 2:
+        return Execution(_net_localgroup(host, words), None, None)
+    if program == "powershell":
+        script = decode_encoded_command(words)
+        if script is None:
+            return Execution(_ps_error("jit-winrm-sim runs only -EncodedCommand scripts.",
+                                       "NotSupported"), None, None)
+        handler = SCRIPT_HANDLERS.get(script)
+        if handler is None:
+            return Execution(_ps_error("The script is not one this simulated host recognises "
+                                       "(jit-winrm-sim runs only the adapter's fixed scripts).",
+                                       "CommandNotFoundException"), script, None)
+        return Execution(handler(host, env), script, SCRIPT_NAMES[script])
+    name = words[0] if words else ""
+    return Execution(Result("", f"'{name}' is not recognized as an internal or external command,\r\n"
+                            "operable program or batch file.\r\n", 1), None, None)
