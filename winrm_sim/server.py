@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import socket
 import ssl
 import tempfile
@@ -86,7 +87,7 @@ class _Server(ThreadingHTTPServer):
         with self.conn_lock:
             self.connections.add(request)
         try:
-            self.RequestHandlerClass(request, client_address, self)
+            self.RequestHandlerClass(request, client_address, self)  # type: ignore[arg-type]
         finally:
             with self.conn_lock:
                 self.connections.discard(request)
@@ -99,10 +100,8 @@ class _Server(ThreadingHTTPServer):
     def cut_connections(self) -> None:
         with self.conn_lock:
             for conn in list(self.connections):
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 class _Handler(BaseHTTPRequestHandler):

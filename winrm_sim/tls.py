@@ -32,11 +32,12 @@ def _name(cn: str) -> x509.Name:
 
 def make_certificates(addresses: tuple[str, ...] = (), directory: str | None = None) -> CertFiles:
     directory = directory or tempfile.mkdtemp(prefix="jit-winrm-sim-tls-")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=30)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
-        x509.CertificateBuilder().subject_name(_name("jit-winrm-sim test CA")).issuer_name(_name("jit-winrm-sim test CA"))
+        x509.CertificateBuilder().subject_name(_name("jit-winrm-sim test CA"))
+        .issuer_name(_name("jit-winrm-sim test CA"))
         .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(start).not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)

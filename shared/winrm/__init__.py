@@ -1,0 +1,39 @@
+"""WinRM adapter: add/remove local group members and manage logon sessions on Windows hosts.
+
+``WinRMPort`` is what the daemons depend on; ``MembershipClient`` is the real adapter (pywinrm),
+``FakeWinRM`` the in-memory fake for unit tests. See docs/winrm.md.
+"""
+
+from .client import MembershipClient
+from .endpoint import Credentials, HostEndpoint, LogonSession
+from .errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    GroupNotFoundError,
+    InvalidNameError,
+    PermanentWinRMError,
+    PrincipalNotFoundError,
+    RetryableWinRMError,
+    TLSError,
+    WinRMError,
+)
+from .fake import FakeWinRM
+from .port import WinRMPort
+
+__all__ = [
+    "AccessDeniedError",
+    "AuthenticationError",
+    "Credentials",
+    "FakeWinRM",
+    "GroupNotFoundError",
+    "HostEndpoint",
+    "InvalidNameError",
+    "LogonSession",
+    "MembershipClient",
+    "PermanentWinRMError",
+    "PrincipalNotFoundError",
+    "RetryableWinRMError",
+    "TLSError",
+    "WinRMError",
+    "WinRMPort",
+]
