@@ -10,18 +10,21 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import logs
+from shared.amqp.connection import CONNECTION_ERRORS, backoff_delay
 from shared.amqp.consumer import Consumer, Delivery, Outcome
 from shared.amqp.publisher import Publisher
 from shared.clock import Clock, SystemClock
 from shared.db.engine import make_engine, session_factory
 from shared.db.outbox import OutboxRelay
 from shared.events import BadEvent, Event, parse_event
+from shared.routes import declare_all
 from shared.settings import Settings
 
 log = logs.get_logger()
@@ -99,11 +102,23 @@ class Runtime:
 
         return handle
 
+    def _declare_topology(self, attempts: int = 30) -> None:
+        """Declare every queue before the relay publishes; wait for a broker that is still starting."""
+        for attempt in range(1, attempts + 1):
+            try:
+                declare_all(self.settings)
+                return
+            except CONNECTION_ERRORS as exc:
+                log.warning("amqp.topology.failed", attempt=attempt, error=repr(exc))
+                time.sleep(backoff_delay(attempt - 1))
+        raise SystemExit(f"jit-{self.name}: RabbitMQ not reachable at {logs.hide_password(self.settings.amqp_url)}")
+
     def serve(self, routing_keys: Sequence[str], process: Callable[[Event], None],
               periodic: Sequence[Periodic] = ()) -> int:
         """Run until SIGTERM/SIGINT: stop taking messages, finish what is in flight, exit 0."""
         consumer = Consumer(self.settings, self.name, routing_keys, self.handler(routing_keys, process))
         consumer.install_signal_handlers()
+        self._declare_topology()
         self.relay.start()
         for job in periodic:
             job.start(self.stopping)

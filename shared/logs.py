@@ -30,11 +30,26 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+def hide_password(url: str) -> str:
+    """A URL fit for a message: its password replaced."""
+    return str(_scrub(url))
+
+
 def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Drop values of secret-named keys and passwords inside URLs, at any depth."""
     for key in list(event_dict):
         event_dict[key] = REDACTED if _SECRET_KEYS.search(key) else _scrub(event_dict[key])
     return event_dict
+
+
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the time of writing (tests and daemons may replace it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure(level: str = "info", fmt: str | None = None) -> None:
@@ -57,7 +72,7 @@ def configure(level: str = "info", fmt: str | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")

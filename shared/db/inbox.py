@@ -27,4 +27,5 @@ def first_time(session: Session, consumer: str, event_id: str, now: datetime) ->
         stmt = sqlite_insert(InboxEvent).values(values).on_conflict_do_nothing()
     else:  # pragma: no cover - only the two engines above are supported
         stmt = insert(InboxEvent).values(values)
-    return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+    # RETURNING, not rowcount: drivers disagree on rowcount for a skipped ON CONFLICT insert.
+    return session.execute(stmt.returning(InboxEvent.event_id)).first() is not None

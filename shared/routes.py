@@ -1,0 +1,38 @@
+"""Which events each daemon consumes, and the broker objects every daemon declares at start-up.
+
+Every daemon declares the queues of all three, so that an event written to the outbox is routable
+as soon as any daemon has started (the publisher uses `mandatory=True`: an event no queue takes is
+an error, not silence). Events that only upstream consumes (elevated, revoked, denied, ...) are kept
+in a bounded journal queue bound to every routing key, so they are not dropped before upstream binds
+its own queue; it keeps the most recent `JOURNAL_MAX_LENGTH` events.
+"""
+
+from __future__ import annotations
+
+from shared.amqp.connection import close_quietly, connect
+from shared.amqp.topology import declare_topology
+from shared.settings import Settings
+
+ROUTES: dict[str, tuple[str, ...]] = {
+    "approval": ("elevation.requested", "elevation.decided"),
+    "elevator": ("elevation.approved",),
+    "reaper": ("secret.checked_in", "elevation.expired", "elevation.revoke_requested"),
+}
+JOURNAL_MAX_LENGTH = 10_000
+
+
+def journal_queue(settings: Settings) -> str:
+    return settings.queue("journal")
+
+
+def declare_all(settings: Settings) -> None:
+    connection = connect(settings.amqp_url, name="jit topology")
+    try:
+        channel = connection.channel()
+        for daemon, keys in ROUTES.items():
+            declare_topology(channel, settings, daemon, keys)
+        channel.queue_declare(queue=journal_queue(settings), durable=True, arguments={
+            "x-max-length": JOURNAL_MAX_LENGTH, "x-overflow": "drop-head"})
+        channel.queue_bind(queue=journal_queue(settings), exchange=settings.exchange, routing_key="#")
+    finally:
+        close_quietly(connection)

@@ -1,0 +1,78 @@
+"""The outbox relay through the real broker: what commits is published once, in order; what rolls back never is."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pika
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.amqp.publisher import Publisher
+from shared.db.engine import transaction
+from shared.db.models import OutboxEvent
+from shared.db.outbox import OutboxRelay, enqueue, publish_pending
+from shared.events import new_event
+from shared.routes import declare_all, journal_queue
+from shared.settings import Settings
+
+
+def failed_event(n: int):  # type: ignore[no-untyped-def]
+    return new_event("elevation.failed", {"request_id": f"req-{n}", "error": "boom"}, source="test")
+
+
+def drain(settings: Settings, expect: int, timeout: float = 10.0) -> list[pika.spec.BasicProperties | bytes]:
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    channel = conn.channel()
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < expect and time.monotonic() < deadline:
+        method, props, body = channel.basic_get(journal_queue(settings), auto_ack=True)
+        if method is None:
+            time.sleep(0.05)
+            continue
+        got.append((props, body))
+    conn.close()
+    return got
+
+
+def test_committed_events_are_published_in_order_and_marked(settings: Settings,
+                                                            factory: sessionmaker[Session]) -> None:
+    declare_all(settings)
+    events = [failed_event(n) for n in range(5)]
+    with transaction(factory) as s:
+        for e in events:
+            enqueue(s, e)
+    with pytest.raises(RuntimeError), transaction(factory) as s:
+        enqueue(s, failed_event(99))
+        raise RuntimeError("rolled back")
+    with Publisher(settings) as publisher:
+        relay = OutboxRelay(factory, publisher, poll_seconds=0.05).start()
+        got = drain(settings, expect=5)
+        relay.stop()
+    assert [json.loads(body)["id"] for _, body in got] == [e.id for e in events]
+    props = got[0][0]
+    assert props.delivery_mode == 2 and props.content_type == "application/cloudevents+json"
+    assert props.message_id == events[0].id
+    with factory() as s:
+        rows = s.scalars(select(OutboxEvent)).all()
+        assert len(rows) == 5 and all(r.published_at is not None for r in rows)
+    assert drain(settings, expect=1, timeout=0.5) == [], "published more than once, or the rolled-back one"
+
+
+def test_an_unroutable_event_stays_unpublished_with_its_error(settings: Settings,
+                                                              factory: sessionmaker[Session]) -> None:
+    # No daemon has declared anything: nothing is bound, so the broker returns the message.
+    with transaction(factory) as s:
+        enqueue(s, failed_event(1))
+    with Publisher(settings) as publisher:
+        assert publish_pending(factory, publisher) == 0
+    with factory() as s:
+        row = s.scalars(select(OutboxEvent)).one()
+        assert row.published_at is None and row.attempts == 1
+        assert "unroutable" in (row.last_error or "")
+    declare_all(settings)
+    with Publisher(settings) as publisher:
+        assert publish_pending(factory, publisher) == 1
