@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import inbox
 from shared.db.engine import transaction
-from shared.db.models import AuditEntry, Base, Request, TaskSecret, Task
+from shared.db.models import AuditEntry, Base, Request, Task, TaskSecret
 from shared.db.transitions import Cause, load, transition
 from shared.states import State, Trigger
 from tests.factories import HostSpec, make_request, seed_config
