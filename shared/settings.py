@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     retry_in_process_seconds: float = Field(20.0, ge=0, description="in-process retrying before going durable")
     stall_threshold_seconds: float = Field(300.0, gt=0, description="revocation failing this long is 'stalled'")
     lease_seconds: float = Field(60.0, gt=0, description="how long a claimed row is ours before others retake it")
+    elevation_retry_seconds: float = Field(
+        60.0, ge=0, description="jit-elevator: in-process retrying of a transient WinRM failure before giving up")
+    elevation_margin_seconds: float = Field(
+        5.0, ge=0, description="jit-elevator: stop retrying this long before the elevation window ends")
     shutdown_grace_seconds: float = Field(25.0, gt=0)
 
     def queue(self, daemon: str) -> str:
