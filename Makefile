@@ -1,0 +1,10 @@
+# Shortcuts for the scripts in scripts/ (the README's two commands work without make).
+.PHONY: test demo lint bench
+test:
+	bash scripts/test
+demo:
+	bash scripts/demo
+lint:
+	.venv/bin/ruff check . && .venv/bin/mypy
+bench:
+	.venv/bin/python bench/run_all.py
