@@ -1,0 +1,57 @@
+"""`jit-approval`: consumes `elevation.requested` and `elevation.decided`, publishes approved/denied/cancelled.
+
+Every event is handled in one transaction: inbox (one effect per event id), the state change, its
+audit row and its outgoing events (outbox). A periodic job cancels requests left undecided when
+their checkout window ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.approval.decisions import on_decided
+from services.approval.requests import on_requested
+from services.approval.sweeper import cancel_expired_pending
+from shared.clock import Clock
+from shared.daemon import Periodic, Runtime, daemon_main
+from shared.db import inbox
+from shared.db.engine import transaction
+from shared.events import Event
+from shared.logs import get_logger
+
+NAME = "approval"
+ROUTING_KEYS = ("elevation.requested", "elevation.decided")
+HANDLERS: dict[str, Callable[[Session, Event, datetime], None]] = {
+    "elevation.requested": on_requested,
+    "elevation.decided": on_decided,
+}
+log = get_logger()
+
+
+def processor(factory: sessionmaker[Session], clock: Clock) -> Callable[[Event], None]:
+    def process(event: Event) -> None:
+        now = clock.now()
+        with transaction(factory) as session:
+            if not inbox.first_time(session, NAME, event.id, now):
+                log.info("event.duplicate")
+                return
+            HANDLERS[event.type](session, event, now)
+
+    return process
+
+
+def build(runtime: Runtime) -> int:
+    sweeper = Periodic("approval.sweeper", runtime.settings.sweep_interval_seconds,
+                       lambda: cancel_expired_pending(runtime.factory, runtime.clock))
+    return runtime.serve(ROUTING_KEYS, processor(runtime.factory, runtime.clock), periodic=[sweeper])
+
+
+def main() -> None:
+    daemon_main(NAME, "Approval of elevation requests: the rules, approvers' decisions, undecided requests.", build)
+
+
+if __name__ == "__main__":
+    main()

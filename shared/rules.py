@@ -1,0 +1,178 @@
+"""The approval rules, pure: plain facts and `now` in, a decision with its reason out. No I/O here.
+
+Three questions are answered here:
+- `decide_request`: is a new request refused by a rule, approved by policy, or left for an approver?
+- `check_decision`: may this approver's decision be applied to this request?
+- `connection_status`: what the connection workflow shows for a secret and a user (contract section 4).
+The daemon and `jitctl` load the facts from the database (`shared.db.facts`) and act on the answer.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+REQUESTER_PERMISSIONS = ("LOGIN_TO_WEB_UI", "VIEW_APPLICATION", "CONNECT",
+                         "VIEW_SECRETS_AND_CREDENTIAL_PROVIDER_CONFIGS")
+APPROVER_PERMISSIONS = ("LOGIN_TO_WEB_UI", "APPROVE_PRIVILEGE_ELEVATION_REQUEST", "APPROVE_SECRET_ACCESS_REQUEST",
+                        "VIEW_SECRETS_AND_CREDENTIAL_PROVIDER_CONFIGS", "UNLOCK_SECRET")
+ADMINISTRATOR_PERMISSIONS = ("LOGIN_TO_WEB_UI", "VIEW_APPLICATION", "VIEW_TASK", "CREATE_TASK", "EDIT_TASK",
+                             "VIEW_SECRETS_AND_CREDENTIAL_PROVIDER_CONFIGS",
+                             "CREATE_SECRETS_AND_CREDENTIAL_PROVIDER_CONFIGS",
+                             "EDIT_SECRETS_AND_CREDENTIAL_PROVIDER_CONFIGS")
+# The permission names of contract section 5: a configuration naming any other is refused.
+KNOWN_PERMISSIONS = frozenset(REQUESTER_PERMISSIONS + APPROVER_PERMISSIONS + ADMINISTRATOR_PERMISSIONS)
+
+POLICY = "policy"  # the approver_id of decisions made by a rule or by a not-required task
+NOT_REQUIRED_POLICY = "approval_not_required"
+
+
+@dataclass(frozen=True)
+class UserFacts:
+    id: str
+    kind: str  # internal | vendor_rep
+    permissions: frozenset[str]
+
+
+@dataclass(frozen=True)
+class TaskFacts:
+    id: str
+    group: str
+    approval_required: bool
+    approval_window_seconds: int
+
+
+@dataclass(frozen=True)
+class SecretFacts:
+    id: str
+    checkout_enabled: bool
+    hosts: frozenset[str]  # addresses of its application's hosts, lower-case
+    task: TaskFacts | None
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """Everything the rules need to know about a new request; None = not in the database."""
+
+    secret_id: str
+    secret: SecretFacts | None
+    requester_id: str
+    requester: UserFacts | None
+    host: str
+    checkout_expires_at: datetime
+    checked_in: bool
+    active_request_for_checkout: bool
+
+
+class Outcome(enum.StrEnum):
+    PENDING = "pending"
+    APPROVE = "approve"
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    reason: str
+
+
+def eligibility(secret_id: str, secret: SecretFacts | None, user_id: str, user: UserFacts | None) -> str | None:
+    """Why this user may not request elevation of this secret at all, or None when they may."""
+    if secret is None:
+        return f"secret {secret_id} is not configured"
+    if secret.task is None:
+        return f"secret {secret_id} is in no task"
+    if user is None:
+        return f"user {user_id} is unknown"
+    if user.kind != "internal":
+        return f"user {user_id} is a vendor representative; only internal users may request elevation"
+    missing = [p for p in REQUESTER_PERMISSIONS if p not in user.permissions]
+    if missing:
+        return f"user {user_id} lacks the requester permission(s) {', '.join(missing)}"
+    if not secret.checkout_enabled:
+        return f"checkout is not enabled for secret {secret_id}"
+    return None
+
+
+def decide_request(facts: RequestFacts, now: datetime) -> Decision:
+    """Refuse by rule, approve by policy (task does not require approval), or leave pending for an approver."""
+    reason = eligibility(facts.secret_id, facts.secret, facts.requester_id, facts.requester)
+    if reason is not None:
+        return Decision(Outcome.DENY, reason)
+    assert facts.secret is not None and facts.secret.task is not None  # eligibility checked both
+    if facts.host.lower() not in facts.secret.hosts:
+        return Decision(Outcome.DENY, f"host {facts.host} is not a host of the application of secret {facts.secret_id}")
+    if facts.checkout_expires_at <= now:
+        return Decision(Outcome.DENY, "the checkout window has already ended")
+    if facts.checked_in:
+        return Decision(Outcome.DENY, "the checkout has already been checked in")
+    if facts.active_request_for_checkout:
+        return Decision(Outcome.DENY, "this checkout already has an active request")
+    if not facts.secret.task.approval_required:
+        return Decision(Outcome.APPROVE, f"task {facts.secret.task.id} does not require approval")
+    return Decision(Outcome.PENDING, "waiting for an approver")
+
+
+def check_approver(approver_id: str, approver: UserFacts | None, requester_id: str) -> str | None:
+    """Why this approver's decision may not be applied, or None when it may."""
+    if approver is None:
+        return f"approver {approver_id} is unknown"
+    if approver.kind != "internal":
+        return f"approver {approver_id} is not an internal user"
+    if approver_id == requester_id:
+        return f"approver {approver_id} is the requester; self-approval is not allowed"
+    missing = [p for p in APPROVER_PERMISSIONS if p not in approver.permissions]
+    if missing:
+        return f"approver {approver_id} lacks the approver permission(s) {', '.join(missing)}"
+    return None
+
+
+def approval_expiry(checkout_expires_at: datetime, approved_at: datetime, window_seconds: int) -> datetime:
+    """An approval lasts until the checkout window ends or the task's approval window passes, whichever is first."""
+    return min(checkout_expires_at, approved_at + timedelta(seconds=window_seconds))
+
+
+class Status(enum.StrEnum):
+    NOT_REQUIRED = "NOT_REQUIRED"
+    NOT_REQUESTED = "NOT_REQUESTED"
+    PENDING = "PENDING"
+    APPROVED = "APPROVED"
+    NOT_ELIGIBLE = "NOT_ELIGIBLE"
+
+
+ACTIONS = {
+    Status.NOT_REQUIRED: "Launch with Elevated Privileges",
+    Status.NOT_REQUESTED: "Request Privilege Elevation",
+    Status.PENDING: "Pending Approval",
+    Status.APPROVED: "Launch with Elevated Privileges",
+    Status.NOT_ELIGIBLE: "None (no elevation option)",
+}
+
+
+@dataclass(frozen=True)
+class ConnectionStatus:
+    status: Status
+    action: str
+    reason: str
+
+
+def connection_status(secret_id: str, secret: SecretFacts | None, user_id: str, user: UserFacts | None,
+                      request_state: str | None) -> ConnectionStatus:
+    """Contract section 4. `request_state` is the state of the user's current request for the checkout, if any."""
+
+    def answer(status: Status, reason: str) -> ConnectionStatus:
+        return ConnectionStatus(status, ACTIONS[status], reason)
+
+    reason = eligibility(secret_id, secret, user_id, user)
+    if reason is not None:
+        return answer(Status.NOT_ELIGIBLE, reason)
+    assert secret is not None and secret.task is not None
+    if not secret.task.approval_required:
+        return answer(Status.NOT_REQUIRED, f"task {secret.task.id} does not require approval")
+    if request_state == "PENDING":
+        return answer(Status.PENDING, "a request is waiting for an approver")
+    # REVOKING is an ending request: the account is on its way out, so the user starts over.
+    if request_state in ("APPROVED", "ELEVATING", "ELEVATED"):
+        return answer(Status.APPROVED, "an approved request is active")
+    return answer(Status.NOT_REQUESTED, f"task {secret.task.id} requires approval and no request is active")

@@ -1,0 +1,133 @@
+"""The pure approval rules: every refusal reason, policy approval, approvers, expiry and the status table."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.rules import (
+    ACTIONS,
+    APPROVER_PERMISSIONS,
+    KNOWN_PERMISSIONS,
+    REQUESTER_PERMISSIONS,
+    RequestFacts,
+    SecretFacts,
+    Status,
+    TaskFacts,
+    UserFacts,
+    approval_expiry,
+    check_approver,
+    connection_status,
+    decide_request,
+)
+from shared.rules import Outcome as O
+
+NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+TASK = TaskFacts(id="task", group="S-1-5-32-544", approval_required=True, approval_window_seconds=3600)
+SECRET = SecretFacts(id="sec", checkout_enabled=True, hosts=frozenset({"web01"}), task=TASK)
+ALICE = UserFacts(id="alice", kind="internal", permissions=frozenset(REQUESTER_PERMISSIONS))
+BOB = UserFacts(id="bob", kind="internal", permissions=frozenset(APPROVER_PERMISSIONS))
+FACTS = RequestFacts(secret_id="sec", secret=SECRET, requester_id="alice", requester=ALICE, host="web01",
+                     checkout_expires_at=NOW + timedelta(hours=2), checked_in=False,
+                     active_request_for_checkout=False)
+
+
+def test_an_eligible_request_waits_for_an_approver() -> None:
+    assert decide_request(FACTS, NOW).outcome is O.PENDING
+
+
+def test_a_task_without_approval_approves_by_policy() -> None:
+    facts = replace(FACTS, secret=replace(SECRET, task=replace(TASK, approval_required=False)))
+    decision = decide_request(facts, NOW)
+    assert decision.outcome is O.APPROVE and "does not require approval" in decision.reason
+
+
+def test_host_names_compare_case_insensitively() -> None:
+    assert decide_request(replace(FACTS, host="WEB01"), NOW).outcome is O.PENDING
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"secret": None}, "secret sec is not configured"),
+    ({"secret": replace(SECRET, task=None)}, "secret sec is in no task"),
+    ({"requester": None}, "user alice is unknown"),
+    ({"requester": replace(ALICE, kind="vendor_rep")}, "vendor representative"),
+    ({"requester": replace(ALICE, permissions=frozenset(REQUESTER_PERMISSIONS) - {"CONNECT"})},
+     "lacks the requester permission(s) CONNECT"),
+    ({"requester": replace(ALICE, permissions=frozenset())}, "LOGIN_TO_WEB_UI, VIEW_APPLICATION, CONNECT"),
+    ({"secret": replace(SECRET, checkout_enabled=False)}, "checkout is not enabled for secret sec"),
+    ({"host": "db01"}, "host db01 is not a host of the application of secret sec"),
+    ({"checkout_expires_at": NOW}, "checkout window has already ended"),
+    ({"checkout_expires_at": NOW - timedelta(seconds=1)}, "checkout window has already ended"),
+    ({"checked_in": True}, "already been checked in"),
+    ({"active_request_for_checkout": True}, "already has an active request"),
+])
+def test_rules_deny_with_a_precise_reason(change: dict[str, object], reason: str) -> None:
+    decision = decide_request(replace(FACTS, **change), NOW)  # type: ignore[arg-type]
+    assert decision.outcome is O.DENY
+    assert reason in decision.reason
+
+
+def test_rules_deny_even_when_approval_is_not_required() -> None:
+    no_approval = replace(SECRET, task=replace(TASK, approval_required=False))
+    facts = replace(FACTS, secret=no_approval, requester=replace(ALICE, kind="vendor_rep"))
+    assert decide_request(facts, NOW).outcome is O.DENY
+
+
+def test_a_valid_approver_may_decide() -> None:
+    assert check_approver("bob", BOB, "alice") is None
+
+
+@pytest.mark.parametrize(("approver_id", "approver", "reason"), [
+    ("zed", None, "approver zed is unknown"),
+    ("bob", replace(BOB, kind="vendor_rep"), "not an internal user"),
+    ("alice", replace(ALICE, permissions=frozenset(APPROVER_PERMISSIONS)), "self-approval is not allowed"),
+    ("bob", replace(BOB, permissions=frozenset(APPROVER_PERMISSIONS) - {"UNLOCK_SECRET"}),
+     "lacks the approver permission(s) UNLOCK_SECRET"),
+    ("bob", replace(BOB, permissions=frozenset(REQUESTER_PERMISSIONS)), "APPROVE_PRIVILEGE_ELEVATION_REQUEST"),
+])
+def test_approvers_are_refused(approver_id: str, approver: UserFacts | None, reason: str) -> None:
+    refusal = check_approver(approver_id, approver, "alice")
+    assert refusal is not None and reason in refusal
+
+
+def test_approval_lasts_until_the_earlier_of_checkout_end_and_window() -> None:
+    assert approval_expiry(NOW + timedelta(hours=2), NOW, 3600) == NOW + timedelta(hours=1)
+    assert approval_expiry(NOW + timedelta(minutes=10), NOW, 3600) == NOW + timedelta(minutes=10)
+
+
+def test_known_permissions_cover_every_role() -> None:
+    assert set(REQUESTER_PERMISSIONS) | set(APPROVER_PERMISSIONS) <= KNOWN_PERMISSIONS
+    assert {"VIEW_TASK", "CREATE_TASK", "EDIT_TASK"} <= KNOWN_PERMISSIONS
+
+
+@pytest.mark.parametrize(("state", "status"), [
+    (None, Status.NOT_REQUESTED), ("PENDING", Status.PENDING), ("APPROVED", Status.APPROVED),
+    ("ELEVATING", Status.APPROVED), ("ELEVATED", Status.APPROVED), ("REVOKING", Status.NOT_REQUESTED),
+    ("REVOKED", Status.NOT_REQUESTED), ("DENIED", Status.NOT_REQUESTED), ("CANCELLED", Status.NOT_REQUESTED),
+    ("FAILED", Status.NOT_REQUESTED),
+])
+def test_status_follows_the_request(state: str | None, status: Status) -> None:
+    answer = connection_status("sec", SECRET, "alice", ALICE, state)
+    assert answer.status is status and answer.action == ACTIONS[status]
+
+
+def test_status_not_required_shows_launch() -> None:
+    secret = replace(SECRET, task=replace(TASK, approval_required=False))
+    answer = connection_status("sec", secret, "alice", ALICE, None)
+    assert (answer.status, answer.action) == (Status.NOT_REQUIRED, "Launch with Elevated Privileges")
+
+
+@pytest.mark.parametrize(("secret", "user", "reason"), [
+    (replace(SECRET, task=None), ALICE, "in no task"),
+    (None, ALICE, "not configured"),
+    (SECRET, None, "unknown"),
+    (SECRET, replace(ALICE, kind="vendor_rep"), "vendor representative"),
+    (SECRET, replace(ALICE, permissions=frozenset({"LOGIN_TO_WEB_UI"})), "lacks the requester permission"),
+    (replace(SECRET, checkout_enabled=False), ALICE, "checkout is not enabled"),
+])
+def test_status_says_why_there_is_no_elevation_option(secret: SecretFacts | None, user: UserFacts | None,
+                                                      reason: str) -> None:
+    answer = connection_status("sec", secret, "alice", user, None)
+    assert answer.status is Status.NOT_ELIGIBLE and reason in answer.reason
