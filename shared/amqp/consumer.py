@@ -13,6 +13,8 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+import pika.exceptions
+
 from shared.amqp.connection import CONNECTION_ERRORS, backoff_delay, close_quietly, connect
 from shared.amqp.delivery import Delivery, Outcome
 from shared.amqp.session import Handler, Session, Tally
@@ -55,6 +57,7 @@ class Consumer:
         self._session_lock = threading.Lock()
         self._session: Session | None = None
         self._failures = 0
+        self._stop_reason = "stop()"
         self._tally = Tally()
 
     @property
@@ -74,9 +77,10 @@ class Consumer:
         """SIGTERM and SIGINT stop the consumer. Call from the main thread (Python's rule for signals)."""
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
-            # Only set the flag: the handler runs on the main thread between bytecodes, possibly while
-            # that thread is inside pika holding a lock, so it must not call into pika itself.
-            log.info("consumer.signal", signal=signal.Signals(signum).name)
+            # Only note it and set the flag: the handler runs on the main thread between bytecodes,
+            # possibly while that thread holds a pika lock or is half-way through writing a log line
+            # to stderr (a second write there raises "reentrant call"); the run loop logs it instead.
+            self._stop_reason = signal.Signals(signum).name
             self._stopping.set()
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -122,9 +126,12 @@ class Consumer:
                      workers=self._workers)
             while not self._stopping.is_set():
                 connection.process_data_events(time_limit=_POLL_SECONDS)
+                if not session.consuming:
+                    # The broker cancelled us (e.g. the queue was deleted): redeclare and consume again.
+                    raise pika.exceptions.ConsumerCancelled(f"consumer on {queue} cancelled by the broker")
             self._ready.clear()
-            log.info("consumer.stopping", daemon=self._daemon, in_flight=len(session.inflight),
-                     grace_seconds=self._settings.shutdown_grace_seconds)
+            log.info("consumer.stopping", daemon=self._daemon, reason=self._stop_reason,
+                     in_flight=len(session.inflight), grace_seconds=self._settings.shutdown_grace_seconds)
             session.drain(self._settings.shutdown_grace_seconds)
         finally:
             with self._session_lock:

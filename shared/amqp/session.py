@@ -63,6 +63,10 @@ class Session:
     def start(self, queue: str) -> None:
         self._consumer_tag = self.channel.basic_consume(queue=queue, on_message_callback=self._on_message)
 
+    @property
+    def consuming(self) -> bool:
+        return self._consumer_tag is not None and self._consumer_tag in self.channel.consumer_tags
+
     def wake(self) -> None:
         """From any thread: make the connection thread's process_data_events return now."""
         # Already closed: the run loop is about to notice anyway.

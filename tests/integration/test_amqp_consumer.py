@@ -233,3 +233,15 @@ def test_consumer_reconnects_after_the_broker_closed_its_connection(fresh_amqp_s
         wait_for(lambda: len(handler.deliveries) == 2, what="a delivery after the reconnect")
     assert [d.body for d in handler.deliveries] == [b"before", b"after"]
     assert sum(e["event"] == "amqp.consumer.ready" for e in logs) == 2
+
+
+def test_consumer_redeclares_and_resumes_when_its_queue_is_deleted(amqp_settings: Settings) -> None:
+    handler = Recorder()
+    the_consumer = consumer(amqp_settings, handler)
+    with capture_logs() as logs, running(the_consumer):
+        rabbitmqctl("delete_queue", "-p", vhost_of(amqp_settings), amqp_settings.queue("approval"))
+        wait_for(lambda: sum(e["event"] == "amqp.consumer.ready" for e in logs) == 2, timeout=10,
+                 what="consuming again")
+        publish(amqp_settings, b"after")
+        wait_for(lambda: len(handler.deliveries) == 1, what="a delivery after the redeclare")
+    assert any(e["event"] == "amqp.connection.lost" and "cancelled" in e["error"] for e in logs)
