@@ -57,7 +57,7 @@ def settings_for(vhost: str, **overrides: Any) -> Settings:
 
 
 def vhost_of(settings: Settings) -> str:
-    return pika.URLParameters(settings.amqp_url).virtual_host
+    return str(pika.URLParameters(settings.amqp_url).virtual_host)
 
 
 @pytest.fixture(scope="module")
