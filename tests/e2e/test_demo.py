@@ -50,3 +50,32 @@ def test_an_unreachable_broker_is_a_clear_error_not_a_traceback(tmp_path: Path) 
     assert "cannot reach RabbitMQ at amqp://guest:[redacted]@127.0.0.1:1/" in done.stderr
     assert "rabbitmq-server -detached" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path, amqp_run_url: str) -> None:
+    demo = subprocess.Popen([JITCTL, "demo"], cwd=tmp_path, env=demo_env(amqp_run_url), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert demo.stdout is not None
+    for line in demo.stdout:
+        if "story 1" in line:
+            break
+    started = children_of(demo.pid)
+    assert len(started) >= 4, f"expected the simulator and three daemons, found {started}"
+    demo.send_signal(2)  # SIGINT, as Ctrl-C sends
+    assert demo.wait(timeout=60) == 130
+    assert "interrupted" in (demo.stderr.read() if demo.stderr else "")
+    alive = [pid for pid in started if Path(f"/proc/{pid}").exists()
+             and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]]
+    assert alive == [], f"processes left behind: {alive}"
