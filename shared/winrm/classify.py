@@ -54,6 +54,9 @@ def classify(exc: BaseException, host: str, operation: str, secret: str) -> Adap
     if isinstance(exc, InvalidCredentialsError):
         return AuthenticationError(host, operation, detail)
     if isinstance(exc, WSManFaultError):
+        detail = _scrub(
+            f"WSManFault {exc.fault_code} {exc.fault_subcode} wsmanfault={exc.wsman_fault_code} "
+            f"wmierror={exc.wmierror_code}: {(exc.reason or '').strip()}", secret)
         return _fault(exc, host, operation, detail)
     if isinstance(exc, WinRMOperationTimeoutError):
         return RetryableWinRMError(host, operation, "WSMan OperationTimeout expired")
