@@ -13,9 +13,17 @@ from shared.winrm import (
     PermanentWinRMError,
 )
 from shared.winrm.errors import AccessDeniedError, AuthenticationError, GroupNotFoundError, PrincipalNotFoundError
+from tests.integration.winrm_fixtures import (
+    ADMINS,
+    RDP_USERS,
+    SVC_PASSWORD,
+    WARNING_FILTERS,
+    creds,
+    endpoint,
+    sim,
+    tls_sim,
+)
 from winrm_sim import SimulatedHost
-
-from tests.integration.winrm_fixtures import ADMINS, RDP_USERS, SVC_PASSWORD, WARNING_FILTERS, creds, endpoint, sim, tls_sim
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in WARNING_FILTERS]
 __all__ = ["sim", "tls_sim"]
