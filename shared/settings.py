@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(30.0, gt=0, description="cap of one backoff step, in-process and durable")
     retry_in_process_seconds: float = Field(20.0, ge=0, description="in-process retrying before going durable")
     stall_threshold_seconds: float = Field(300.0, gt=0, description="revocation failing this long is 'stalled'")
+    revocation_threads: int = Field(32, ge=1, le=1024, description="reaper threads performing revocations "
+                                    "(mostly asleep in backoff while a host is down)")
     lease_seconds: float = Field(60.0, gt=0, description="how long a claimed row is ours before others retake it")
     elevation_retry_seconds: float = Field(
         60.0, ge=0, description="jit-elevator: in-process retrying of a transient WinRM failure before giving up")

@@ -1,0 +1,47 @@
+"""jit-reaper: the composition root. Consumes `<prefix>.reaper`, sweeps, and revokes over WinRM."""
+
+from __future__ import annotations
+
+from services.reaper.handlers import ROUTING_KEYS, make_process
+from services.reaper.pool import RevocationPool
+from services.reaper.revocation import Revoker
+from services.reaper.sweeper import Sweeper
+from shared.daemon import Periodic, Runtime, daemon_main
+from shared.winrm import MembershipClient, WinRMPort
+
+DESCRIPTION = ("Ends elevations: on check-in, expiry or an operator's request, removes the account from the "
+               "group on the host and retries until the host confirms.")
+
+
+def winrm_port(runtime: Runtime) -> WinRMPort:
+    s = runtime.settings
+    return MembershipClient(operation_timeout_sec=s.winrm_operation_timeout_seconds,
+                            read_timeout_sec=s.winrm_read_timeout_seconds, deadline_sec=s.winrm_deadline_seconds,
+                            max_shells_per_host=s.per_host_concurrency)
+
+
+def build(runtime: Runtime, port: WinRMPort | None = None) -> int:
+    settings = runtime.settings
+    revoker = Revoker(runtime.factory, port or winrm_port(runtime), settings, runtime.clock, runtime.stopping)
+
+    def work(request_id: str, claimed: bool) -> None:
+        if claimed:
+            revoker.work(request_id, in_process=False)  # a re-drive: the durable schedule is the retry
+        else:
+            revoker.attempt(request_id, in_process=True)
+        runtime.relay.wake()
+
+    pool = RevocationPool(settings.revocation_threads, work)
+    sweeper = Sweeper(runtime.factory, runtime.clock, revoker.claim_due, pool.room,
+                      lambda request_id: pool.submit(request_id, claimed=True))
+    process = make_process(runtime.factory, runtime.clock, lambda rid: pool.submit(rid, claimed=False),
+                           sweep_interval=settings.sweep_interval_seconds)
+    try:
+        return runtime.serve(ROUTING_KEYS, process,
+                             periodic=[Periodic("sweeper", settings.sweep_interval_seconds, sweeper)])
+    finally:
+        pool.shutdown()
+
+
+def main() -> None:
+    daemon_main("reaper", DESCRIPTION, build)

@@ -1,0 +1,222 @@
+"""Performing a revocation: claim the row (a lease), remove the membership over WinRM, then record
+the outcome. No WinRM call happens inside a transaction.
+
+A claim is a compare-and-set on `next_attempt_at`: whoever moves it from "due" to "now + lease"
+owns the attempt, on any engine (PostgreSQL batch claims add `FOR UPDATE SKIP LOCKED`; SQLite's
+BEGIN IMMEDIATE serializes). A worker that dies leaves the row due again when the lease ends, and
+the sweeper of any replica re-drives it; the removal is idempotent and the final transition is a
+compare-and-set, so the request is REVOKED (and audited) exactly once.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.reaper.plan import Plan, make_plan
+from services.reaper.policy import SOURCE, next_attempt, stall_due
+from services.reaper.sessions import end_sessions
+from shared import logs
+from shared.clock import Clock
+from shared.db import audit, outbox
+from shared.db.engine import transaction
+from shared.db.facts import as_utc
+from shared.db.models import Request
+from shared.db.targets import TargetError
+from shared.db.transitions import Cause, load, transition
+from shared.events import ElevationRevocationStalled, ElevationRevoked, new_event
+from shared.retrying import call, retrying
+from shared.settings import Settings
+from shared.states import State, Trigger
+from shared.winrm import WinRMPort
+
+log = logs.get_logger()
+REVOKING = State.REVOKING.value
+
+
+def due_condition(now: datetime) -> Any:
+    # A REVOKING row without next_attempt_at (left by another writer) is due, never forgotten.
+    return (Request.state == REVOKING) & or_(Request.next_attempt_at <= now, Request.next_attempt_at.is_(None))
+
+
+@dataclass
+class Outcome:
+    removed: bool = False
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    sessions_error: str | None = None
+
+
+class Revoker:
+    def __init__(self, factory: sessionmaker[Session], port: WinRMPort, settings: Settings, clock: Clock,
+                 stopping: threading.Event | None = None) -> None:
+        self.factory = factory
+        self.port = port
+        self.settings = settings
+        self.clock = clock
+        self.stopping = stopping or threading.Event()
+
+    def _sleep(self, seconds: float) -> None:
+        # A stopping daemon cuts the backoff short; the next attempt then fails fast or succeeds,
+        # and the row stays durable either way.
+        self.stopping.wait(seconds)
+
+    def _lease(self, now: datetime) -> dict[str, Any]:
+        until = now + timedelta(seconds=self.settings.lease_seconds)
+        return {"lease_until": until, "next_attempt_at": until}
+
+    def claim(self, request_id: str) -> bool:
+        """Take one due revocation for this worker; False if it is not due or someone else has it."""
+        now = self.clock.now()
+        with transaction(self.factory) as session:
+            result = session.execute(update(Request).where(Request.id == request_id, due_condition(now))
+                                     .values(**self._lease(now)).execution_options(synchronize_session=False))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def claim_due(self, limit: int) -> list[str]:
+        """Claim up to `limit` due revocations (the sweeper's re-drive), oldest first."""
+        if limit <= 0:
+            return []
+        now = self.clock.now()
+        with transaction(self.factory) as session:
+            query = select(Request.id).where(due_condition(now)).order_by(Request.next_attempt_at).limit(limit)
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids = list(session.scalars(query))
+            if ids:
+                session.execute(update(Request).where(Request.id.in_(ids), due_condition(now))
+                                .values(**self._lease(now)).execution_options(synchronize_session=False))
+        return ids
+
+    def attempt(self, request_id: str, *, in_process: bool = True) -> None:
+        if self.claim(request_id):
+            self.work(request_id, in_process=in_process)
+
+    def work(self, request_id: str, *, in_process: bool) -> None:
+        """One claimed attempt: plan, remove (with in-process retries if asked), record the outcome."""
+        with transaction(self.factory) as session:
+            request = load(session, request_id)
+            if request is None or request.state != REVOKING:
+                return
+            with logs.bound(request_id=request.id, checkout_id=request.checkout_id, host=request.host,
+                            attempt=request.attempts + 1):
+                try:
+                    plan = make_plan(session, request)
+                except TargetError as exc:
+                    failure: tuple[Request, Exception] | None = (request, exc)
+                else:
+                    failure = None
+        if failure is not None:
+            self._record_failure(failure[0].id, failure[1], tries=1)
+            return
+        with logs.bound(request_id=plan.request_id, checkout_id=plan.checkout_id, host=plan.host,
+                        attempt=plan.attempts + 1):
+            tries = [0]
+
+            def failed(exc: BaseException) -> None:
+                tries[0] += 1
+                log.warning("revocation.attempt.failed", error=str(exc), attempt=plan.attempts + tries[0])
+
+            try:
+                outcome = self._remove(plan, in_process, failed)
+            except Exception as exc:
+                self._record_failure(plan.request_id, exc, tries=tries[0])
+                return
+            self._finish(plan, outcome, tries=tries[0] + 1)
+
+    def _remove(self, plan: Plan, in_process: bool, failed: Any) -> Outcome:
+        if plan.keep is not None:
+            log.info("revocation.membership_kept", membership_kept=plan.keep, holders=plan.holders)
+            return Outcome()
+        creds = plan.target.credentials()
+        endpoint = plan.target.endpoint
+
+        def remove() -> bool:
+            return self.port.remove_member(endpoint, creds, plan.group, plan.account)
+
+        budget = self.settings.retry_in_process_seconds if in_process else 0.0
+        policy = retrying(initial=self.settings.retry_initial_seconds, cap=self.settings.retry_max_seconds,
+                          budget=budget, on_retry=lambda _n, exc, _s: failed(exc), sleep=self._sleep)
+        try:
+            removed = call(remove, policy)
+        except Exception as exc:
+            failed(exc)
+            raise
+        outcome = Outcome(removed=removed)
+        outcome.sessions, outcome.sessions_error = end_sessions(self.port, endpoint, creds, plan.account,
+                                                                plan.target.on_revoke)
+        return outcome
+
+    def _finish(self, plan: Plan, outcome: Outcome, *, tries: int) -> None:
+        now = self.clock.now()
+        with transaction(self.factory) as session:
+            request = load(session, plan.request_id)
+            if request is None or request.state != REVOKING:
+                log.info("revocation.already_done")
+                return
+            attempts = request.attempts + tries
+            details: dict[str, Any] = {"host_said": "removed" if outcome.removed else "not a member",
+                                       "attempts": attempts, "sessions": outcome.sessions}
+            if plan.keep is not None:
+                details = {"membership_kept": plan.keep, "holders": plan.holders, "attempts": attempts}
+            if outcome.sessions_error:
+                details["sessions_error"] = outcome.sessions_error
+            new = transition(session, request, Trigger.REMOVAL_CONFIRMED, now=now,
+                             cause=Cause(actor="reaper", reason=plan.end_trigger), details=details, values={
+                                 "ended_at": now, "attempts": attempts, "lease_until": None,
+                                 "next_attempt_at": None, "last_error": None})
+            if new is None:
+                log.info("revocation.already_done")
+                return
+            outbox.enqueue(session, new_event("elevation.revoked", ElevationRevoked(
+                request_id=plan.request_id, secret_id=plan.secret_id, host=plan.host, account=plan.account,
+                group=plan.group, revoked_at=now, attempts=attempts, trigger=plan.end_trigger,
+                membership_kept=plan.keep, sessions=outcome.sessions), source=SOURCE))
+            if attempts > 1:
+                self._wake_host(session, plan.host, now)
+        log.info("elevation.revoked", state=new.value, attempts=attempts, trigger=plan.end_trigger,
+                 membership_kept=plan.keep, sessions=len(outcome.sessions))
+
+    def _wake_host(self, session: Session, host: str, now: datetime) -> None:
+        """The host answers again: bring its other backed-off revocations forward to the next sweep."""
+        session.execute(update(Request).where(
+            Request.state == REVOKING, Request.host == host, Request.attempts > 0, Request.lease_until.is_(None),
+            Request.next_attempt_at > now,
+        ).values(next_attempt_at=now).execution_options(synchronize_session=False))
+
+    def _record_failure(self, request_id: str, exc: BaseException, *, tries: int) -> None:
+        now = self.clock.now()
+        error = str(exc)[:2000] or type(exc).__name__
+        with transaction(self.factory) as session:
+            request = load(session, request_id)
+            if request is None or request.state != REVOKING:
+                return
+            attempts = request.attempts + max(tries, 1)
+            values: dict[str, Any] = {
+                "attempts": attempts, "last_error": error, "lease_until": None,
+                "next_attempt_at": next_attempt(now, attempts, initial=self.settings.retry_initial_seconds,
+                                                cap=self.settings.retry_max_seconds),
+                "updated_at": now}
+            since = as_utc(request.revoking_since or request.updated_at)
+            if request.revoking_since is None:
+                values["revoking_since"] = since
+            stalled_at = as_utc(request.stalled_at) if request.stalled_at else None
+            stalled = stall_due(now, since, stalled_at, self.settings.stall_threshold_seconds)
+            if stalled:
+                values["stalled_at"] = now
+            session.execute(update(Request).where(Request.id == request_id, Request.state == REVOKING)
+                            .values(**values).execution_options(synchronize_session=False))
+            if stalled:
+                audit.record(session, at=now, action="revocation_stalled", actor="reaper", request_id=request_id,
+                             from_state=REVOKING, to_state=REVOKING, reason=error,
+                             details={"attempts": attempts, "since": since.isoformat()})
+                outbox.enqueue(session, new_event("elevation.revocation_stalled", ElevationRevocationStalled(
+                    request_id=request_id, attempts=attempts, last_error=error, since=since), source=SOURCE))
+        if stalled:
+            log.error("revocation.stalled", attempts=attempts, last_error=error, since=since.isoformat())
+        log.warning("revocation.retry_scheduled", attempts=attempts, error=error,
+                    next_attempt_at=values["next_attempt_at"].isoformat())
