@@ -1,10 +1,8 @@
 # Shortcuts for the scripts in scripts/ (the README's two commands work without make).
-.PHONY: test demo lint bench
+.PHONY: test demo lint
 test:
 	bash scripts/test
 demo:
 	bash scripts/demo
 lint:
 	.venv/bin/ruff check . && .venv/bin/mypy
-bench:
-	.venv/bin/python bench/run_all.py
