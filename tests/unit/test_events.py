@@ -90,5 +90,14 @@ def test_every_contract_type_is_known() -> None:
 
 
 def test_new_event_validates_outgoing_data() -> None:
-    with pytest.raises(BadEvent, match="elevation.failed: error: Field required"):
+    with pytest.raises(BadEvent, match=r"elevation\.failed: error: Field required"):
         new_event("elevation.failed", {"request_id": "r"}, source="test")
+
+
+def test_the_committed_asyncapi_document_matches_the_models() -> None:
+    from pathlib import Path
+
+    from shared.asyncapi import render
+
+    committed = (Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml").read_text()
+    assert committed == render(), "regenerate with: python -m shared.asyncapi > docs/asyncapi.yaml"
