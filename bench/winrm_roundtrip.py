@@ -1,0 +1,37 @@
+"""Round-trip time of one MembershipClient.add_member (its add shell + its verifying is_member shell)
+against an in-process jit-winrm-sim on loopback: Basic over HTTP and NTLM (encrypted) over HTTP.
+
+    .venv/bin/python bench/winrm_roundtrip.py [runs]     # prints the median in ms per transport
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from shared.winrm import Credentials, HostEndpoint, MembershipClient
+from winrm_sim import SimulatedHost
+
+ADMINS = "S-1-5-32-544"
+
+
+def main(runs: int = 50) -> None:
+    client = MembershipClient()
+    with SimulatedHost(users={"svc-jit": "Bench-Pa55"}) as host:
+        for transport, user in (("basic", "svc-jit"), ("ntlm", "CORP\\svc-jit")):
+            endpoint = HostEndpoint(host.address, scheme="http", port=host.port, transport=transport)
+            creds = Credentials(user, "Bench-Pa55")
+            client.add_member(endpoint, creds, ADMINS, "CORP\\warmup")
+            times = []
+            for i in range(runs):
+                member = f"CORP\\{transport}{i}"
+                started = time.perf_counter()
+                assert client.add_member(endpoint, creds, ADMINS, member) is True
+                times.append((time.perf_counter() - started) * 1000)
+            print(f"{transport}/http add_member+verify: median {statistics.median(times):.1f} ms "
+                  f"(min {min(times):.1f}, max {max(times):.1f}, n={runs})")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 50)
