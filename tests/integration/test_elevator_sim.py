@@ -1,0 +1,297 @@
+"""jit-elevator in-process with the real Consumer, the real broker, both databases and jit-winrm-sim over HTTP.
+
+Events go in through the broker (`elevation.approved`) and come out through the outbox relay; a
+tap queue bound to `#` sees everything published. The simulator's fault modes drive the retry,
+failure and race paths. The helpers here (`Tap`, `running_elevator`, `publish_approved`) are
+reused by the e2e tests.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pika
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.elevator.handler import ROUTING_KEYS, Elevator
+from shared.amqp.consumer import Consumer
+from shared.amqp.publisher import Publisher
+from shared.daemon import Runtime
+from shared.db.engine import transaction
+from shared.db.models import AuditEntry, CheckIn, Request
+from shared.db.transitions import Cause, load, transition
+from shared.events import format_time, new_event
+from shared.settings import Settings
+from shared.states import State, Trigger
+from shared.winrm import MembershipClient
+from tests.factories import ADMINISTRATORS, PASSWORD_ENV, HostSpec, make_request, seed_config
+from winrm_sim import SimulatedHost
+
+PASSWORD = "S1m-Pa55word!"
+ENV = {PASSWORD_ENV: PASSWORD}
+WARNING_FILTERS = ["ignore::DeprecationWarning:requests_ntlm.*", "ignore::DeprecationWarning:urllib3.*"]
+pytestmark = [pytest.mark.filterwarnings(f) for f in WARNING_FILTERS]
+
+
+class Tap:
+    """An exclusive queue of the test's own, bound with `#`: sees every event published on the exchange."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+        self._channel = self._connection.channel()
+        self._channel.exchange_declare(exchange=settings.exchange, exchange_type="topic", durable=True)
+        self.queue = self._channel.queue_declare(queue="", exclusive=True).method.queue
+        self._channel.queue_bind(queue=self.queue, exchange=settings.exchange, routing_key="#")
+        self.seen: list[tuple[float, dict[str, Any]]] = []
+
+    def drain(self) -> list[dict[str, Any]]:
+        while True:
+            method, _props, body = self._channel.basic_get(queue=self.queue, auto_ack=True)
+            if method is None:
+                return [event for _, event in self.seen]
+            self.seen.append((time.monotonic(), json.loads(body)))
+
+    def of(self, event_type: str, request_id: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.drain() if e["type"] == event_type
+                and (request_id is None or e["data"].get("request_id") == request_id)]
+
+    def wait_for(self, event_type: str, request_id: str | None = None, count: int = 1,
+                 timeout: float = 15.0) -> list[dict[str, Any]]:
+        wait_until(lambda: len(self.of(event_type, request_id)) >= count, timeout,
+                   f"{count} x {event_type} for {request_id}")
+        return self.of(event_type, request_id)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def client(settings: Settings) -> MembershipClient:
+    return MembershipClient(operation_timeout_sec=settings.winrm_operation_timeout_seconds,
+                            read_timeout_sec=settings.winrm_read_timeout_seconds,
+                            deadline_sec=settings.winrm_deadline_seconds,
+                            max_shells_per_host=settings.per_host_concurrency)
+
+
+@contextmanager
+def running_elevator(settings: Settings) -> Iterator[Runtime]:
+    """The daemon as `jit-elevator` builds it, with the real Consumer on a thread (no signal handlers)."""
+    runtime = Runtime.create("elevator", settings)
+    elevator = Elevator(runtime.factory, client(settings), settings, runtime.clock, environ=ENV)
+    consumer = Consumer(settings, "elevator", ROUTING_KEYS, runtime.handler(ROUTING_KEYS, elevator.process))
+    runtime.relay.start()
+    thread = threading.Thread(target=consumer.run, name="elevator-consumer", daemon=True)
+    thread.start()
+    try:
+        assert consumer.ready.wait(15), "elevator consumer did not become ready"
+        yield runtime
+    finally:
+        consumer.stop()
+        thread.join(20)
+        runtime.relay.stop()
+        runtime.publisher.close()
+        runtime.factory.kw["bind"].dispose()  # Runtime.create made the engine; nothing else closes it
+        assert not thread.is_alive(), "consumer did not stop"
+
+
+def approved_event(request: Request) -> Any:
+    return new_event("elevation.approved", {
+        "request_id": request.id, "checkout_id": request.checkout_id, "secret_id": request.secret_id,
+        "approver_id": "bob", "expires_at": format_time(request.expires_at or datetime.now(UTC)),
+    }, source="test")
+
+
+def publish_approved(publisher: Publisher, request: Request) -> str:
+    event = approved_event(request)
+    publisher.publish(event.type, event.to_json(), message_id=event.id)
+    return event.id
+
+
+def state_of(factory: sessionmaker[Session], request_id: str) -> str:
+    with factory() as s:
+        found = s.get(Request, request_id)
+        assert found is not None
+        return found.state
+
+
+def actions(factory: sessionmaker[Session], request_id: str) -> list[str]:
+    with factory() as s:
+        return list(s.scalars(select(AuditEntry.action).where(AuditEntry.request_id == request_id)
+                              .order_by(AuditEntry.id)))
+
+
+def scripts_run(sim: SimulatedHost, name: str) -> int:
+    return sum(1 for c in list(sim.command_log) if c.script_name == name)
+
+
+@pytest.fixture
+def fast(settings: Settings) -> Settings:
+    return settings.model_copy(update={"elevation_retry_seconds": 6.0, "elevation_margin_seconds": 1.0})
+
+
+@pytest.fixture
+def sim() -> Iterator[SimulatedHost]:
+    host = SimulatedHost("127.0.0.1", users={"svc-jit": PASSWORD}).start()
+    yield host
+    host.close()
+
+
+@pytest.fixture
+def world(fast: Settings, factory: sessionmaker[Session], sim: SimulatedHost) -> Iterator[tuple[Tap, Publisher]]:
+    seed_config(factory, [HostSpec(sim.address, sim.port)], secrets_per_host=2)
+    tap = Tap(fast)
+    with running_elevator(fast), Publisher(fast) as publisher:
+        yield tap, publisher
+    tap.close()
+
+
+MEMBER = "WIN-SIM01\\acct-0-0"
+
+
+def test_approved_is_elevated_on_the_host(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+                                          sim: SimulatedHost) -> None:
+    tap, publisher = world
+    req = make_request(factory, secret_id="sec-0-0", host=sim.address)
+    publish_approved(publisher, req)
+    [event] = tap.wait_for("elevation.elevated", req.id)
+    assert event["data"]["account"] == "acct-0-0" and event["data"]["pre_existing"] is False
+    assert state_of(factory, req.id) == State.ELEVATED
+    assert sim.members(ADMINISTRATORS) == {MEMBER}
+    assert scripts_run(sim, "add_member") == 1
+
+
+def test_http_500s_then_success_are_retried(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+                                            sim: SimulatedHost) -> None:
+    tap, publisher = world
+    sim.inject("http500", "Create", count=3)
+    req = make_request(factory, secret_id="sec-0-0", host=sim.address)
+    publish_approved(publisher, req)
+    tap.wait_for("elevation.elevated", req.id)
+    assert sim.members(ADMINISTRATORS) == {MEMBER} and sim.faults.rules() == []
+
+
+def test_bad_credentials_fail_to_revoking(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+                                          sim: SimulatedHost) -> None:
+    tap, publisher = world
+    sim.reject_credentials()
+    req = make_request(factory, secret_id="sec-0-0", host=sim.address)
+    publish_approved(publisher, req)
+    [event] = tap.wait_for("elevation.failed", req.id)
+    assert "is_member" in event["data"]["error"] and f"{sim.address}:{sim.port}" in event["data"]["error"]
+    assert PASSWORD not in json.dumps(event)
+    with factory() as s:
+        row = load(s, req.id)
+        assert row is not None and row.state == State.REVOKING and row.failed and row.next_attempt_at is not None
+    assert sim.members(ADMINISTRATORS) == set()
+
+
+def test_host_down_shorter_than_the_budget_succeeds(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+                                                    sim: SimulatedHost) -> None:
+    tap, publisher = world
+    sim.down_for(1.5)
+    req = make_request(factory, secret_id="sec-0-0", host=sim.address)
+    publish_approved(publisher, req)
+    tap.wait_for("elevation.elevated", req.id, timeout=20)
+    assert sim.members(ADMINISTRATORS) == {MEMBER}
+
+
+def test_expired_window_is_refused_with_no_winrm_call(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+                                                      sim: SimulatedHost) -> None:
+    _tap, publisher = world
+    req = make_request(factory, secret_id="sec-0-0", host=sim.address, expires_in=-5)
+    publish_approved(publisher, req)
+    wait_until(lambda: "elevation.refused" in actions(factory, req.id), 10, "refusal")
+    assert sim.command_log == [] and state_of(factory, req.id) == State.APPROVED
+
+
+def test_checked_in_checkout_is_refused(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+                                        sim: SimulatedHost) -> None:
+    tap, publisher = world
+    req = make_request(factory, secret_id="sec-0-0", host=sim.address)
+    with transaction(factory) as s:
+        s.add(CheckIn(checkout_id=req.checkout_id, secret_id=req.secret_id, reason="service_closed",
+                      checked_in_at=datetime.now(UTC), event_id="ev-ci"))
+    publish_approved(publisher, req)
+    wait_until(lambda: "elevation.refused" in actions(factory, req.id), 10, "refusal")
+    assert sim.command_log == [] and tap.of("elevation.elevated") == []
+
+
+def test_duplicate_approved_event_elevates_once(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+                                                sim: SimulatedHost) -> None:
+    tap, publisher = world
+    req = make_request(factory, secret_id="sec-0-0", host=sim.address)
+    event = approved_event(req)
+    for _ in range(3):
+        publisher.publish(event.type, event.to_json(), message_id=event.id)
+    publish_approved(publisher, req)  # and a re-sent approval with a new event id
+    tap.wait_for("elevation.elevated", req.id)
+    wait_until(lambda: "elevation.refused" in actions(factory, req.id), 10, "refusal of the re-sent approval")
+    time.sleep(0.5)  # let any wrongly accepted duplicate show itself before counting
+    assert len(tap.of("elevation.elevated", req.id)) == 1
+    assert actions(factory, req.id).count("start_elevation") == 1 and scripts_run(sim, "add_member") == 1
+
+
+def test_pre_existing_membership_is_left_alone(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+                                               sim: SimulatedHost) -> None:
+    tap, publisher = world
+    sim.seed_member(ADMINISTRATORS, "acct-0-0")
+    req = make_request(factory, secret_id="sec-0-0", host=sim.address)
+    publish_approved(publisher, req)
+    [event] = tap.wait_for("elevation.elevated", req.id)
+    assert event["data"]["pre_existing"] is True
+    assert scripts_run(sim, "add_member") == 0 and "elevation.pre_existing" in actions(factory, req.id)
+
+
+def test_two_holders_share_one_membership(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+                                          sim: SimulatedHost) -> None:
+    tap, publisher = world
+    first = make_request(factory, secret_id="sec-0-0", host=sim.address)
+    publish_approved(publisher, first)
+    tap.wait_for("elevation.elevated", first.id)
+    second = make_request(factory, secret_id="sec-0-1", host=sim.address, account="acct-0-0")
+    publish_approved(publisher, second)
+    [event] = tap.wait_for("elevation.elevated", second.id)
+    assert event["data"]["pre_existing"] is False
+    assert scripts_run(sim, "add_member") == 1 and sim.members(ADMINISTRATORS) == {MEMBER}
+
+
+def test_check_in_during_a_slow_add_ends_with_the_account_out(
+        world: tuple[Tap, Publisher], factory: sessionmaker[Session], sim: SimulatedHost) -> None:
+    """The reaper's part is played here: END while ELEVATING, removal (nothing there yet), REVOKED."""
+    tap, publisher = world
+    sim.set_command_delay(1.0)  # every command answers 1 s late: the add lands after the "reaper" is done
+    req = make_request(factory, secret_id="sec-0-0", host=sim.address)
+    publish_approved(publisher, req)
+    wait_until(lambda: state_of(factory, req.id) == State.ELEVATING, 10, "ELEVATING")
+    now = datetime.now(UTC)
+    with transaction(factory) as s:
+        row = load(s, req.id)
+        assert row is not None
+        assert transition(s, row, Trigger.END, now=now, cause=Cause("test-reaper", reason="checked in"),
+                          values={"revoking_since": now, "end_trigger": "checked_in"}) == State.REVOKING
+    # The reaper's removal finds nothing to remove: the add has not landed yet.
+    assert sim.members(ADMINISTRATORS) == set() and scripts_run(sim, "add_member") == 0
+    with transaction(factory) as s:
+        row = load(s, req.id)
+        assert row is not None
+        assert transition(s, row, Trigger.REMOVAL_CONFIRMED, now=datetime.now(UTC),
+                          cause=Cause("test-reaper")) == State.REVOKED
+    wait_until(lambda: "elevation.compensated" in actions(factory, req.id), 20, "compensation")
+    assert sim.members(ADMINISTRATORS) == set()
+    assert scripts_run(sim, "add_member") == 1 and scripts_run(sim, "remove_member") == 1
+    assert tap.of("elevation.elevated", req.id) == [] and state_of(factory, req.id) == State.REVOKED
