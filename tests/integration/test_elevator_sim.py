@@ -119,7 +119,7 @@ def approved_event(request: Request) -> Any:
 def publish_approved(publisher: Publisher, request: Request) -> str:
     event = approved_event(request)
     publisher.publish(event.type, event.to_json(), message_id=event.id)
-    return event.id
+    return str(event.id)
 
 
 def state_of(factory: sessionmaker[Session], request_id: str) -> str:
