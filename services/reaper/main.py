@@ -7,14 +7,14 @@ from services.reaper.pool import RevocationPool
 from services.reaper.revocation import Revoker
 from services.reaper.sweeper import Sweeper
 from shared.daemon import Periodic, Runtime, daemon_main
+from shared.settings import Settings
 from shared.winrm import MembershipClient, WinRMPort
 
 DESCRIPTION = ("Ends elevations: on check-in, expiry or an operator's request, removes the account from the "
                "group on the host and retries until the host confirms.")
 
 
-def winrm_port(runtime: Runtime) -> WinRMPort:
-    s = runtime.settings
+def winrm_port(s: Settings) -> WinRMPort:
     return MembershipClient(operation_timeout_sec=s.winrm_operation_timeout_seconds,
                             read_timeout_sec=s.winrm_read_timeout_seconds, deadline_sec=s.winrm_deadline_seconds,
                             max_shells_per_host=s.per_host_concurrency)
@@ -22,7 +22,7 @@ def winrm_port(runtime: Runtime) -> WinRMPort:
 
 def build(runtime: Runtime, port: WinRMPort | None = None) -> int:
     settings = runtime.settings
-    revoker = Revoker(runtime.factory, port or winrm_port(runtime), settings, runtime.clock, runtime.stopping)
+    revoker = Revoker(runtime.factory, port or winrm_port(settings), settings, runtime.clock, runtime.stopping)
 
     def work(request_id: str, claimed: bool) -> None:
         if claimed:

@@ -126,7 +126,7 @@ class Revoker:
             except Exception as exc:
                 self._record_failure(plan.request_id, exc, tries=tries[0])
                 return
-            self._finish(plan, outcome, tries=tries[0] + 1)
+            self.finish(plan, outcome, tries=tries[0] + 1)
 
     def _remove(self, plan: Plan, in_process: bool, failed: Any) -> Outcome:
         if plan.keep is not None:
@@ -151,13 +151,16 @@ class Revoker:
                                                                 plan.target.on_revoke)
         return outcome
 
-    def _finish(self, plan: Plan, outcome: Outcome, *, tries: int) -> None:
+    def finish(self, plan: Plan, outcome: Outcome, *, tries: int, cause: Cause | None = None,
+               extra: dict[str, Any] | None = None) -> bool:
+        """Record the confirmed removal (REVOKED, or FAILED for a failed elevation) with its event;
+        False when the request had already ended (another worker finished first)."""
         now = self.clock.now()
         with transaction(self.factory) as session:
             request = load(session, plan.request_id)
             if request is None or request.state != REVOKING:
                 log.info("revocation.already_done")
-                return
+                return False
             attempts = request.attempts + tries
             details: dict[str, Any] = {"host_said": "removed" if outcome.removed else "not a member",
                                        "attempts": attempts, "sessions": outcome.sessions}
@@ -165,13 +168,14 @@ class Revoker:
                 details = {"membership_kept": plan.keep, "holders": plan.holders, "attempts": attempts}
             if outcome.sessions_error:
                 details["sessions_error"] = outcome.sessions_error
+            details.update(extra or {})
             new = transition(session, request, Trigger.REMOVAL_CONFIRMED, now=now,
-                             cause=Cause(actor="reaper", reason=plan.end_trigger), details=details, values={
+                             cause=cause or Cause(actor="reaper", reason=plan.end_trigger), details=details, values={
                                  "ended_at": now, "attempts": attempts, "lease_until": None,
                                  "next_attempt_at": None, "last_error": None})
             if new is None:
                 log.info("revocation.already_done")
-                return
+                return False
             outbox.enqueue(session, new_event("elevation.revoked", ElevationRevoked(
                 request_id=plan.request_id, secret_id=plan.secret_id, host=plan.host, account=plan.account,
                 group=plan.group, revoked_at=now, attempts=attempts, trigger=plan.end_trigger,
@@ -180,6 +184,7 @@ class Revoker:
                 self._wake_host(session, plan.host, now)
         log.info("elevation.revoked", state=new.value, attempts=attempts, trigger=plan.end_trigger,
                  membership_kept=plan.keep, sessions=len(outcome.sessions))
+        return True
 
     def _wake_host(self, session: Session, host: str, now: datetime) -> None:
         """The host answers again: bring its other backed-off revocations forward to the next sweep."""

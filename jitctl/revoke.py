@@ -1,0 +1,149 @@
+"""`jitctl revoke` and `jitctl revocations`: the operator's way out of an elevation or a stuck revocation.
+
+`jitctl revoke ID --as USER --reason TEXT` publishes `elevation.revoke_requested`; the reaper ends
+the elevation, audited with the operator and the reason.
+
+`jitctl revoke ID --force --as USER --reason TEXT` closes a *stalled* revocation by hand, but only
+once the host has been asked again: not a member -> REVOKED; still a member -> one removal, then
+REVOKED if the host confirms; unreachable or refusing -> nothing is marked and the command fails.
+There is no override: a PAM product must not call "revoked" what it cannot see is revoked (a host
+that is gone for good stays listed as stalled; see docs/reaper.md).
+
+`jitctl revocations [--stalled] [--json]` lists revocations still in progress (or only the stalled ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sqlalchemy import select
+
+from jitctl.common import CliError, database, load_settings, print_json, print_table, publish
+from services.reaper.main import winrm_port
+from services.reaper.plan import make_plan
+from services.reaper.revocation import Outcome, Revoker
+from services.reaper.sessions import end_sessions
+from shared.clock import SystemClock
+from shared.db.engine import transaction
+from shared.db.models import Request, User
+from shared.db.targets import Target, TargetError
+from shared.db.transitions import Cause, load
+from shared.events import BadEvent, new_event
+from shared.settings import Settings
+from shared.states import ACTIVE, State
+from shared.winrm import Credentials, WinRMError, WinRMPort
+
+SOURCE = "jitctl"
+COLUMNS = ["request_id", "host", "account", "attempts", "last_error", "since", "stalled_at", "next_attempt_at"]
+
+
+def register(subparsers: Any) -> None:
+    revoke = subparsers.add_parser("revoke", help="end an elevation now, or (--force) close a stalled revocation "
+                                   "after the host confirms the account is out")
+    revoke.add_argument("request_id")
+    revoke.add_argument("--as", dest="operator", required=True, metavar="USER", help="the operator's user id")
+    revoke.add_argument("--reason", required=True, help="why; kept in the audit trail")
+    revoke.add_argument("--force", action="store_true",
+                        help="for a stalled revocation: ask the host once more and mark it revoked if it confirms")
+    revoke.set_defaults(func=run)
+    listing = subparsers.add_parser("revocations", help="revocations in progress (REVOKING), oldest first")
+    listing.add_argument("--stalled", action="store_true", help="only those past the stall threshold")
+    listing.add_argument("--json", action="store_true", help="a JSON list of objects")
+    listing.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, port: WinRMPort | None = None) -> int:
+    settings = load_settings()
+    if args.command == "revocations":
+        return list_revocations(settings, stalled=args.stalled, as_json=args.json)
+    if args.force:
+        return force(settings, args.request_id, args.operator, args.reason, port or winrm_port(settings))
+    return request_revoke(settings, args.request_id, args.operator, args.reason)
+
+
+def _check(settings: Settings, request_id: str, operator: str) -> Request:
+    with database(settings) as factory, transaction(factory) as session:
+        if session.get(User, operator) is None:
+            raise CliError(f"unknown user {operator!r}: --as must name a configured user")
+        request = load(session, request_id)
+        if request is None:
+            raise CliError(f"no request {request_id!r}")
+        return request
+
+
+def request_revoke(settings: Settings, request_id: str, operator: str, reason: str) -> int:
+    request = _check(settings, request_id, operator)
+    if State(request.state) not in ACTIVE:
+        raise CliError(f"request {request_id} has already ended ({request.state}); nothing to revoke")
+    try:
+        event = new_event("elevation.revoke_requested", {"request_id": request_id, "operator_id": operator,
+                                                         "reason": reason}, source=SOURCE)
+    except BadEvent as exc:
+        raise CliError(f"invalid request: {exc}", 2) from None
+    publish(settings, [event])
+    print(f"published elevation.revoke_requested {event.id}: the reaper will end {request_id} "
+          f"({request.state}); follow it with `jitctl audit --request {request_id}`")
+    return 0
+
+
+def force(settings: Settings, request_id: str, operator: str, reason: str, port: WinRMPort) -> int:
+    request = _check(settings, request_id, operator)
+    if request.state != State.REVOKING.value or request.stalled_at is None:
+        raise CliError(f"request {request_id} is {request.state}"
+                       f"{'' if request.state != State.REVOKING.value else ', not stalled'}: --force only closes "
+                       "a stalled revocation (see `jitctl revocations --stalled`)")
+    with database(settings) as factory:
+        with transaction(factory) as session:
+            fresh = load(session, request_id)
+            assert fresh is not None
+            try:
+                plan = make_plan(session, fresh)
+            except TargetError as exc:
+                raise CliError(f"cannot reach the host of {request_id}: {exc}; nothing was marked") from None
+        revoker = Revoker(factory, port, settings, SystemClock())
+        outcome = Outcome()
+        host_said = plan.keep or "not a member"
+        if plan.keep is None:
+            endpoint, creds = plan.target.endpoint, _credentials(plan.target)
+            try:
+                if port.is_member(endpoint, creds, plan.group, plan.account):
+                    outcome.removed = port.remove_member(endpoint, creds, plan.group, plan.account)
+                    host_said = "removed"
+            except WinRMError as exc:
+                raise CliError(f"{plan.host} did not confirm that {plan.account} is out of {plan.group} ({exc}); "
+                               "nothing was marked and the reaper keeps retrying") from None
+            outcome.sessions, outcome.sessions_error = end_sessions(port, endpoint, creds, plan.account,
+                                                                    plan.target.on_revoke)
+        done = revoker.finish(plan, outcome, tries=1, cause=Cause(actor=operator, reason=reason),
+                              extra={"forced": True, "host_said": host_said})
+    if not done:
+        print(f"{request_id} had already ended meanwhile; nothing to do")
+        return 0
+    print(f"{request_id} marked {'FAILED' if plan.failed else 'REVOKED'} by {operator}: host said {host_said}")
+    return 0
+
+
+def _credentials(target: Target) -> Credentials:
+    try:
+        return target.credentials()
+    except TargetError as exc:
+        raise CliError(f"cannot log on to the host: {exc}; nothing was marked") from None
+
+
+def list_revocations(settings: Settings, *, stalled: bool, as_json: bool) -> int:
+    query = select(Request).where(Request.state == State.REVOKING.value).order_by(Request.revoking_since)
+    if stalled:
+        query = query.where(Request.stalled_at.is_not(None))
+    with database(settings) as factory, transaction(factory) as session:
+        rows = [{"request_id": r.id, "host": r.host, "account": r.account, "group": r.group,
+                 "attempts": r.attempts, "last_error": r.last_error, "since": r.revoking_since,
+                 "stalled_at": r.stalled_at, "next_attempt_at": r.next_attempt_at, "trigger": r.end_trigger}
+                for r in session.scalars(query)]
+    if as_json:
+        print_json(rows)
+    elif rows:
+        print_table(rows, COLUMNS)
+    else:
+        print("no stalled revocations" if stalled else "no revocations in progress")
+    return 0
