@@ -84,7 +84,7 @@ def approval_running(settings: Settings) -> Iterator[Runtime]:
         runtime.factory.kw["bind"].dispose()
 
 
-def requested(request_id: str | None = None, *, secret_id: str = "sec-0-0", host: str = "127.0.0.1",
+def requested(request_id: str | None = None, *, secret_id: str = "sec-0-0", host: str = "127.0.0.1",  # noqa: S107
               requester_id: str = "alice", checkout_id: str | None = None, expires_in: float = 3600,
               event_id: str | None = None) -> Any:
     return new_event("elevation.requested", {

@@ -60,7 +60,7 @@ DELETE = object()
     ("applications/0/hosts/0/winrm/proxy", "x", "unknown key 'proxy'"),
     ("users/0/permissions", ["LOGIN_TO_WEB_UI", "FLY"], "unknown permission(s) FLY"),
     ("users/0/kind", "contractor", "users[0] (alice).kind"),
-    ("credential_providers/0/password_env", DELETE, "credential provider corp-admin needs password_env or password_file"),
+    ("credential_providers/0/password_env", DELETE, "corp-admin needs password_env or password_file"),
     ("tasks/0/approval", "maybe", "tasks[0] (jit-web-admins).approval"),
     ("tasks/0/approval_window_seconds", 0, "approval_window_seconds: Input should be greater than 0"),
     ("tasks/0/approval_window_seconds", -5, "greater than 0"),
