@@ -19,6 +19,9 @@ import pika
 from shared.settings import Settings
 
 COLUMNS = "{:>8}  {:<10} {:<30} {:<16} {:<10} {}"
+WHO = {"jit/approval": "approval", "jit/elevator": "elevator", "jit/reaper": "reaper",
+       "demo/connection-workflow": "upstream", "demo/requests-tab": "approver"}
+REPEAT_SECONDS = 1.0
 
 
 class Timeline:
@@ -35,6 +38,7 @@ class Timeline:
         self._offsets = dict.fromkeys(logs, 0)
         self._tty = sys.stdout.isatty()
         self._progress = False
+        self._last_log: tuple[object, float] = (None, 0.0)
         self.seen: list[dict[str, Any]] = []
         print(COLUMNS.format("time", "daemon", "event", "request", "state", "host"))
 
@@ -56,8 +60,8 @@ class Timeline:
         state = self._state_of(request) if request else ""
         if event["type"] == "secret.checked_in":
             request = f"({data.get('checkout_id')})"
-        daemon = str(event.get("source", "")).removeprefix("jit-").split("/")[0]
-        self._line(daemon, event["type"], request, state, data.get("host", ""))
+        self._line(WHO.get(event.get("source", ""), event.get("source", "")), event["type"], request, state,
+                   data.get("host", ""))
 
     def _tail_logs(self) -> None:
         for name, path in self._logs.items():
@@ -76,9 +80,18 @@ class Timeline:
                 except ValueError:
                     continue
                 if line.get("level") in ("warning", "error"):
-                    detail = str(line.get("error", line.get("reason", "")))[:60]
-                    self._line(name, f"{line.get('event')} [{line['level']}]", line.get("request_id", ""),
-                               detail, line.get("host", ""))
+                    self._log_line(name, line)
+
+    def _log_line(self, daemon: str, line: dict[str, Any]) -> None:
+        """A daemon's warning or error; the same one again within a second is not repeated."""
+        key = (daemon, line.get("event"), line.get("request_id"))
+        now = time.monotonic()
+        if key == self._last_log[0] and now - self._last_log[1] < REPEAT_SECONDS:
+            return
+        self._last_log = (key, now)
+        detail = str(line.get("error", line.get("reason", "")))
+        detail = detail if len(detail) <= 70 else detail[:67] + "..."
+        self._line(daemon, str(line.get("event")), line.get("request_id", ""), line["level"], detail)
 
     def wait_until(self, label: str, done: Callable[[], bool], timeout: float,
                    alive: Callable[[], None]) -> bool:
