@@ -65,17 +65,17 @@ def children_of(pid: int) -> list[int]:
 
 
 def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path, amqp_run_url: str) -> None:
-    demo = subprocess.Popen([JITCTL, "demo"], cwd=tmp_path, env=demo_env(amqp_run_url), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    assert demo.stdout is not None
-    for line in demo.stdout:
-        if "story 1" in line:
-            break
-    started = children_of(demo.pid)
-    assert len(started) >= 4, f"expected the simulator and three daemons, found {started}"
-    demo.send_signal(2)  # SIGINT, as Ctrl-C sends
-    assert demo.wait(timeout=60) == 130
-    assert "interrupted" in (demo.stderr.read() if demo.stderr else "")
+    with subprocess.Popen([JITCTL, "demo"], cwd=tmp_path, env=demo_env(amqp_run_url), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as demo:
+        assert demo.stdout is not None and demo.stderr is not None
+        for line in demo.stdout:
+            if "story 1" in line:
+                break
+        started = children_of(demo.pid)
+        assert len(started) >= 4, f"expected the simulator and three daemons, found {started}"
+        demo.send_signal(2)  # SIGINT, as Ctrl-C sends
+        assert demo.wait(timeout=60) == 130
+        assert "interrupted" in demo.stderr.read()
     alive = [pid for pid in started if Path(f"/proc/{pid}").exists()
              and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]]
     assert alive == [], f"processes left behind: {alive}"
