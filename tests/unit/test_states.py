@@ -43,7 +43,7 @@ def test_terminal_states_accept_nothing() -> None:
 
 
 def test_state_groups() -> None:
-    assert ACTIVE | TERMINAL == set(State) and not ACTIVE & TERMINAL
+    assert set(State) == ACTIVE | TERMINAL and not ACTIVE & TERMINAL
     assert HOLDS_MEMBERSHIP <= ACTIVE and EXPIRABLE <= ACTIVE
     # Only ELEVATING is entered by an add-member; nothing else leads to the host being changed by an add.
     assert [k for k, v in EXPECTED.items() if v is S.ELEVATING] == [(S.APPROVED, T.START_ELEVATION)]
