@@ -1,0 +1,152 @@
+"""Latency of one elevation: `elevation.approved` published -> `elevation.elevated` received.
+
+Starts one jit-winrm-sim host (no added latency), a fresh database (an SQLite file, or a scratch
+PostgreSQL database created and dropped here), one `jit-elevator` process, and publishes approved
+requests one at a time, timing each until its `elevation.elevated` arrives on a queue of our own.
+
+    .venv/bin/python -m bench.elevation_latency --db sqlite --requests 50      # from the repository root
+    .venv/bin/python -m bench.elevation_latency --db postgres --requests 50
+
+Uses the broker's default vhost with exchange and queue names of its own, and removes them after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pika
+import sqlalchemy as sa
+
+from shared.amqp.publisher import Publisher
+from shared.db.engine import make_engine, session_factory
+from shared.db.migrate import upgrade
+from shared.events import format_time, new_event
+from shared.settings import Settings
+from tests.factories import PASSWORD_ENV, HostSpec, make_request, seed_config
+from winrm_sim import SimulatedHost
+
+PASSWORD = "Bench-Pa55word!"
+
+
+def scratch_postgres(admin_url: str) -> tuple[str, str]:
+    name = f"jit_bench_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    return sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False), name
+
+
+def drop_postgres(admin_url: str, name: str) -> None:
+    admin = make_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure(settings: Settings, count: int, sim: SimulatedHost) -> list[float]:
+    factory = session_factory(make_engine(settings.database_url))
+    seed_config(factory, [HostSpec(sim.address, sim.port)], secrets_per_host=count)
+    requests = [make_request(factory, secret_id=f"sec-0-{i}", host=sim.address) for i in range(count)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_")}
+    env |= {f"JIT_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None}
+    env |= {PASSWORD_ENV: PASSWORD, "JIT_LOG_LEVEL": "warning", "JIT_LOG_FORMAT": "json"}
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    channel = connection.channel()
+    channel.exchange_declare(exchange=settings.exchange, exchange_type="topic", durable=True)
+    tap = channel.queue_declare(queue="", exclusive=True).method.queue
+    for outcome in ("elevation.elevated", "elevation.failed"):
+        channel.queue_bind(queue=tap, exchange=settings.exchange, routing_key=outcome)
+    daemon = subprocess.Popen([str(Path(sys.executable).with_name("jit-elevator"))], env=env)
+    latencies: list[float] = []
+    try:
+        with Publisher(settings) as publisher:
+            wait_for_consumer(settings)
+            for request in requests:
+                event = new_event("elevation.approved", {
+                    "request_id": request.id, "checkout_id": request.checkout_id, "secret_id": request.secret_id,
+                    "approver_id": "bob", "expires_at": format_time(request.checkout_expires_at)}, source="bench")
+                started = time.perf_counter()
+                publisher.publish(event.type, event.to_json(), message_id=event.id)
+                for _method, _props, body in channel.consume(tap, auto_ack=True, inactivity_timeout=30):
+                    if body is None:
+                        raise RuntimeError(f"no elevation.elevated for {request.id} within 30 s")
+                    got = json.loads(body)
+                    if got["data"].get("request_id") == request.id:
+                        if got["type"] != "elevation.elevated":
+                            raise RuntimeError(f"{request.id}: {got['type']} {got['data']}")
+                        latencies.append(time.perf_counter() - started)
+                        break
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        channel.cancel()
+        for queue in (settings.queue("elevator"), f"{settings.queue('elevator')}.dead"):
+            channel.queue_delete(queue=queue)
+        channel.exchange_delete(exchange=settings.exchange)
+        channel.exchange_delete(exchange=f"{settings.exchange}.dlx")
+        connection.close()
+        factory.kw["bind"].dispose()
+    return latencies
+
+
+def wait_for_consumer(settings: Settings, timeout: float = 30.0) -> None:
+    queue = settings.queue("elevator")
+    deadline = time.monotonic() + timeout
+    probe = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if probe.channel().queue_declare(queue=queue, passive=True).method.consumer_count:
+                    return
+            except pika.exceptions.ChannelClosedByBroker:  # not declared yet
+                pass
+            time.sleep(0.1)
+    finally:
+        probe.close()
+    raise RuntimeError(f"jit-elevator did not start consuming {queue} within {timeout} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--postgres-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
+    args = parser.parse_args()
+    name = f"bench{uuid.uuid4().hex[:8]}"
+    scratch = None
+    with tempfile.TemporaryDirectory() as tmp, SimulatedHost(users={"svc-jit": PASSWORD}) as sim:
+        if args.db == "sqlite":
+            url = f"sqlite:///{tmp}/jit.db"
+        else:
+            url, scratch = scratch_postgres(args.postgres_url)
+        try:
+            upgrade(url)
+            settings = Settings(amqp_url=args.amqp_url, database_url=url, exchange=f"{name}.events",
+                                queue_prefix=name)
+            latencies = measure(settings, args.requests, sim)
+        finally:
+            if scratch:
+                drop_postgres(args.postgres_url, scratch)
+    ms = [x * 1000 for x in latencies]
+    print(f"{args.db}: {len(ms)} elevations, approved -> elevated: median {statistics.median(ms):.1f} ms, "
+          f"p95 {percentile(ms, 0.95):.1f} ms, min {min(ms):.1f} ms, max {max(ms):.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
