@@ -82,10 +82,10 @@ class Elevator:
                 error = str(exc)
         details = {"removed": removed, "kept_for": holders, "error": error}
         with transaction(self._factory) as session:
-            audit.record(session, at=self._clock.now(), action="elevation.compensated", actor=ACTOR,
-                         request_id=claimed.request_id, event_id=event_id, details=details,
-                         reason="removal failed; the reaper retries it while the request is REVOKING" if error
-                         else "membership from an add that lost the race to a check-in or expiry")
+            audit.record(session, at=self._clock.now(), actor=ACTOR, request_id=claimed.request_id,
+                         action="elevation.compensation_failed" if error else "elevation.compensated",
+                         event_id=event_id, details=details,
+                         reason="membership from an add that lost the race to a check-in or expiry")
         if error is not None:
             log.error("elevation.compensation.failed", error=error)
         else:

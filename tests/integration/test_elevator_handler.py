@@ -23,6 +23,7 @@ from shared.events import Event, new_event
 from shared.settings import Settings
 from shared.states import State
 from shared.winrm import (
+    AccessDeniedError,
     AuthenticationError,
     Credentials,
     FakeWinRM,
@@ -256,3 +257,13 @@ def test_compensation_keeps_a_membership_another_request_holds(seeded: sessionma
     assert members(fake) == {"acct-0-0"}  # still needed by `other`
     assert "remove_member" not in [c.operation for c in fake.calls]
     assert row(seeded, other.id).state == State.ELEVATED
+
+
+def test_a_failed_compensation_is_audited(seeded: sessionmaker[Session]) -> None:
+    req = make_request(seeded, secret_id="sec-0-0", host=HOST)
+    fake = ReaperDuringAdd(seeded, req.id, State.REVOKED)
+    fake.fail(AccessDeniedError(f"{HOST}:5985", "remove_member", "Access denied."), operation="remove_member")
+    with capture_logs() as logs:
+        elevator(seeded, fake).process(approved(req))
+    assert actions(seeded, req.id)[-1] == "elevation.compensation_failed"
+    assert any(line["event"] == "elevation.compensation.failed" and line["log_level"] == "error" for line in logs)
