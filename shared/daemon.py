@@ -133,6 +133,9 @@ class Runtime:
                 job.join(2.0)
             self.relay.stop()
             self.publisher.close()
+            bind = self.factory.kw.get("bind")
+            if bind is not None:
+                bind.dispose()
             log.info("daemon.stopped", daemon=self.name)
         return 0
 
