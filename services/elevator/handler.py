@@ -65,14 +65,14 @@ class Elevator:
             return Outcome(error=claimed.error)
         return self._membership.elevate(claimed.target, claimed.budget, lambda: self._holders(claimed.request_id))
 
-    def _holders(self, request_id: str) -> list[str]:
+    def _holders(self, request_id: str) -> list[tuple[str, bool]]:
         with transaction(self._factory) as session:
             request = load(session, request_id)
-            return [] if request is None else [other.id for other in other_holders(session, request)]
+            return [] if request is None else [(o.id, o.pre_existing) for o in other_holders(session, request)]
 
     def _compensate(self, claimed: Claim, event_id: str) -> None:
         """Take the account back out of the group after a lost race (see the module docstring)."""
-        holders = self._holders(claimed.request_id)
+        holders = [holder for holder, _ in self._holders(claimed.request_id)]
         removed: bool | None = None
         error: str | None = None
         if not holders and claimed.target is not None:

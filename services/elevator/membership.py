@@ -42,21 +42,23 @@ class Membership:
         self._environ = environ
         self._sleep = sleep
 
-    def elevate(self, target: Target, budget: float, holders_of: Callable[[], list[str]]) -> Outcome:
+    def elevate(self, target: Target, budget: float, holders_of: Callable[[], list[tuple[str, bool]]]) -> Outcome:
         """Make the account a member of the group, unless it already is; never raises for host trouble.
 
-        `holders_of` lists the other active requests of ours for the same account, group and host (read
-        from the database in a transaction of its own, only when the account is found already a member).
+        `holders_of` lists (request id, pre_existing) of the other active requests of ours for the same
+        account, group and host (read in a transaction of its own, only when the account is already a member).
         """
         deadline = time.monotonic() + budget
         added = False
         try:
             creds = target.credentials(self._environ)
             if self._call(lambda: self._is_member(target, creds), deadline):
-                holders = tuple(holders_of())
-                if not holders:
+                holders = holders_of()
+                # Only a holder whose membership we granted explains it; one that found it pre-existing doesn't.
+                pre_existing = all(was_there for _, was_there in holders)
+                if pre_existing:
                     log.info("elevation.pre_existing", account=target.account, group=target.group)
-                return Outcome(pre_existing=not holders, holders=holders)
+                return Outcome(pre_existing=pre_existing, holders=tuple(h for h, _ in holders))
             added = True
             changed = self._call(lambda: self._port.add_member(target.endpoint, creds, target.group, target.account),
                                  deadline)

@@ -267,3 +267,14 @@ def test_a_failed_compensation_is_audited(seeded: sessionmaker[Session]) -> None
         elevator(seeded, fake).process(approved(req))
     assert actions(seeded, req.id)[-1] == "elevation.compensation_failed"
     assert any(line["event"] == "elevation.compensation.failed" and line["log_level"] == "error" for line in logs)
+
+
+def test_a_holder_that_found_the_membership_pre_existing_does_not_explain_it(
+        seeded: sessionmaker[Session], fake: FakeWinRM) -> None:
+    fake.seed(HOST, ADMINISTRATORS, "acct-0-0")
+    first = make_request(seeded, secret_id="sec-0-0", host=HOST)
+    elevator(seeded, fake).process(approved(first))
+    second = make_request(seeded, secret_id="sec-0-1", host=HOST, account="acct-0-0")
+    elevator(seeded, fake).process(approved(second))
+    assert row(seeded, first.id).pre_existing and row(seeded, second.id).pre_existing
+    assert "add_member" not in [c.operation for c in fake.calls]
