@@ -25,13 +25,16 @@ from shared import logs
 from shared.clock import Clock, SystemClock
 from shared.db import audit
 from shared.db.engine import transaction
+from shared.db.models import Request
 from shared.db.targets import TargetError, other_holders
 from shared.db.transitions import load
 from shared.events import ElevationApproved, Event
 from shared.settings import Settings
+from shared.states import State
 from shared.winrm import WinRMError, WinRMPort
 
 ROUTING_KEYS = ("elevation.approved",)
+KEEPING = frozenset({State.ELEVATING.value, State.ELEVATED.value})
 
 log = logs.get_logger()
 
@@ -63,16 +66,18 @@ class Elevator:
     def _work(self, claimed: Claim) -> Outcome:
         if claimed.target is None:
             return Outcome(error=claimed.error)
-        return self._membership.elevate(claimed.target, claimed.budget, lambda: self._holders(claimed.request_id))
+        return self._membership.elevate(claimed.target, claimed.budget, lambda: [
+            (holder.id, holder.pre_existing) for holder in self._holders(claimed.request_id)])
 
-    def _holders(self, request_id: str) -> list[tuple[str, bool]]:
+    def _holders(self, request_id: str) -> list[Request]:
         with transaction(self._factory) as session:
             request = load(session, request_id)
-            return [] if request is None else [(o.id, o.pre_existing) for o in other_holders(session, request)]
+            return [] if request is None else other_holders(session, request)
 
     def _compensate(self, claimed: Claim, event_id: str) -> None:
         """Take the account back out of the group after a lost race (see the module docstring)."""
-        holders = [holder for holder, _ in self._holders(claimed.request_id)]
+        # As in the reaper's ref-count: a REVOKING holder is ending and never keeps a membership alive.
+        holders = [h.id for h in self._holders(claimed.request_id) if h.state in KEEPING]
         removed: bool | None = None
         error: str | None = None
         if not holders and claimed.target is not None:

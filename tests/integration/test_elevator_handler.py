@@ -249,14 +249,16 @@ def test_check_in_during_the_add_wins(seeded: sessionmaker[Session], end_state: 
         assert done.next_attempt_at is not None  # the reaper looks again at once
 
 
-def test_compensation_keeps_a_membership_another_request_holds(seeded: sessionmaker[Session]) -> None:
-    other = make_request(seeded, secret_id="sec-0-1", host=HOST, account="acct-0-0", state=State.ELEVATED)
+@pytest.mark.parametrize(("other_state", "kept"), [(State.ELEVATED, True), (State.REVOKING, False)])
+def test_compensation_keeps_a_membership_another_active_request_holds(
+        seeded: sessionmaker[Session], other_state: State, kept: bool) -> None:
+    make_request(seeded, secret_id="sec-0-1", host=HOST, account="acct-0-0", state=other_state)
     req = make_request(seeded, secret_id="sec-0-0", host=HOST)
     fake = ReaperDuringAdd(seeded, req.id, State.REVOKED)
     elevator(seeded, fake).process(approved(req))
-    assert members(fake) == {"acct-0-0"}  # still needed by `other`
-    assert "remove_member" not in [c.operation for c in fake.calls]
-    assert row(seeded, other.id).state == State.ELEVATED
+    # An ELEVATED holder still needs it; a REVOKING one is ending and keeps nothing alive (as in the reaper).
+    assert members(fake) == ({"acct-0-0"} if kept else set())
+    assert ("remove_member" in [c.operation for c in fake.calls]) is not kept
 
 
 def test_a_failed_compensation_is_audited(seeded: sessionmaker[Session]) -> None:
