@@ -11,11 +11,12 @@ compare-and-set, so the request is REVOKED (and audited) exactly once.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.reaper.plan import Plan, make_plan
@@ -41,7 +42,12 @@ REVOKING = State.REVOKING.value
 
 def due_condition(now: datetime) -> Any:
     # A REVOKING row without next_attempt_at (left by another writer) is due, never forgotten.
-    return (Request.state == REVOKING) & or_(Request.next_attempt_at <= now, Request.next_attempt_at.is_(None))
+    # The literal predicate of ix_requests_due_revocation, so SQLite uses the index (see sweeper.py).
+    return text("state = 'REVOKING'") & or_(Request.next_attempt_at <= now, Request.next_attempt_at.is_(None))
+
+
+def due_revocations_query(now: datetime, limit: int) -> Any:
+    return select(Request.id).where(due_condition(now)).order_by(Request.next_attempt_at).limit(limit)
 
 
 @dataclass
@@ -59,11 +65,30 @@ class Revoker:
         self.settings = settings
         self.clock = clock
         self.stopping = stopping or threading.Event()
+        # Per host, a count of removals that succeeded: a backoff sleep ends early when it moves.
+        self._answered: dict[str, int] = {}
+        self._answer = threading.Condition()
 
-    def _sleep(self, seconds: float) -> None:
-        # A stopping daemon cuts the backoff short; the next attempt then fails fast or succeeds,
-        # and the row stays durable either way.
-        self.stopping.wait(seconds)
+    def _sleeper(self, host: str) -> Any:
+        """A backoff sleep that ends early when the host answers another revocation (it is back) or the
+        daemon stops; the row is durable either way, so cutting a sleep short is always safe."""
+
+        def sleep(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            with self._answer:
+                seen = self._answered.get(host, 0)
+                while not self.stopping.is_set() and self._answered.get(host, 0) == seen:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    self._answer.wait(min(left, 0.5))
+
+        return sleep
+
+    def _host_answered(self, host: str) -> None:
+        with self._answer:
+            self._answered[host] = self._answered.get(host, 0) + 1
+            self._answer.notify_all()
 
     def _lease(self, now: datetime) -> dict[str, Any]:
         until = now + timedelta(seconds=self.settings.lease_seconds)
@@ -83,7 +108,7 @@ class Revoker:
             return []
         now = self.clock.now()
         with transaction(self.factory) as session:
-            query = select(Request.id).where(due_condition(now)).order_by(Request.next_attempt_at).limit(limit)
+            query = due_revocations_query(now, limit)
             if session.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
             ids = list(session.scalars(query))
@@ -140,12 +165,13 @@ class Revoker:
 
         budget = self.settings.retry_in_process_seconds if in_process else 0.0
         policy = retrying(initial=self.settings.retry_initial_seconds, cap=self.settings.retry_max_seconds,
-                          budget=budget, on_retry=lambda _n, exc, _s: failed(exc), sleep=self._sleep)
+                          budget=budget, on_retry=lambda _n, exc, _s: failed(exc), sleep=self._sleeper(plan.host))
         try:
             removed = call(remove, policy)
         except Exception as exc:
             failed(exc)
             raise
+        self._host_answered(plan.host)
         outcome = Outcome(removed=removed)
         outcome.sessions, outcome.sessions_error = end_sessions(self.port, endpoint, creds, plan.account,
                                                                 plan.target.on_revoke)

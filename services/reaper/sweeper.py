@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.reaper.policy import ELEVATOR_LOST, SOURCE, expiry_reason
@@ -26,14 +26,17 @@ from shared.clock import Clock
 from shared.db import outbox
 from shared.db.engine import transaction
 from shared.db.facts import as_utc
-from shared.db.models import Request
+from shared.db.models import EXPIRABLE_SQL, Request
 from shared.db.transitions import Cause, transition
 from shared.events import ElevationExpired, ElevationFailed, new_event
-from shared.states import EXPIRABLE, State, Trigger
+from shared.states import Trigger
 
 log = logs.get_logger()
 BATCH = 200
-EXPIRABLE_VALUES = sorted(s.value for s in EXPIRABLE)
+# Each query repeats its partial index's predicate as the same literal SQL: SQLite uses a partial
+# index only when the query's WHERE contains the index's terms verbatim (a bound parameter does not
+# count), and PostgreSQL's generic plans of prepared statements need the same.
+ELEVATING_SQL = "state = 'ELEVATING'"
 
 
 def _locking(session: Session, query: Any) -> Any:
@@ -43,10 +46,8 @@ def _locking(session: Session, query: Any) -> Any:
 
 
 def due_expiries_query(now: datetime, limit: int = BATCH) -> Any:
-    """The expiry query; its WHERE repeats the partial index's predicate so both engines use it."""
     return (select(Request.id, Request.expires_at, Request.checkout_expires_at)
-            .where(Request.state.in_(EXPIRABLE_VALUES), Request.expiry_event_id.is_(None),
-                   Request.expires_at <= now)
+            .where(text(EXPIRABLE_SQL), Request.expires_at <= now)
             .order_by(Request.expires_at).limit(limit))
 
 
@@ -69,15 +70,17 @@ def publish_expiries(factory: sessionmaker[Session], now: datetime, limit: int =
     return published
 
 
+def lost_elevations_query(now: datetime, limit: int = BATCH) -> Any:
+    return select(Request).where(
+        text(ELEVATING_SQL), or_(Request.lease_until < now, Request.lease_until.is_(None)),
+    ).order_by(Request.lease_until).limit(limit)
+
+
 def end_lost_elevations(factory: sessionmaker[Session], now: datetime, limit: int = BATCH) -> list[str]:
     """ELEVATING rows whose elevator lease passed: the add may have landed, so remove it; ends FAILED."""
     ended = []
     with transaction(factory) as session:
-        query = select(Request).where(
-            Request.state == State.ELEVATING.value,
-            or_(Request.lease_until < now, Request.lease_until.is_(None)),
-        ).order_by(Request.lease_until).limit(limit)
-        for request in session.scalars(_locking(session, query)):
+        for request in session.scalars(_locking(session, lost_elevations_query(now, limit))):
             new = transition(session, request, Trigger.ELEVATION_FAILED, now=now,
                              cause=Cause(actor="sweeper", reason=ELEVATOR_LOST), values={
                                  "failed": True, "error": ELEVATOR_LOST, "end_trigger": "elevator_lost",
