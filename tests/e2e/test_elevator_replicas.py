@@ -44,8 +44,8 @@ def sims() -> Iterator[list[SimulatedHost]]:
         host.close()
 
 
-def start_elevator(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = settings_env(settings) | ENV
+def start_elevator(settings: Settings, log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    env = settings_env(settings) | ENV | (extra_env or {})
     with log.open("wb") as out:
         return subprocess.Popen([str(ELEVATOR)], env=env, stdout=subprocess.DEVNULL, stderr=out)
 
