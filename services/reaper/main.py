@@ -10,6 +10,9 @@ from shared.daemon import Periodic, Runtime, daemon_main
 from shared.settings import Settings
 from shared.winrm import MembershipClient, WinRMPort
 
+# After the consumer's own drain: what is still on the wire after this is left to lease expiry,
+# so that SIGTERM exits within the contract's 30 s.
+POOL_GRACE_SECONDS = 5.0
 DESCRIPTION = ("Ends elevations: on check-in, expiry or an operator's request, removes the account from the "
                "group on the host and retries until the host confirms.")
 
@@ -40,7 +43,7 @@ def build(runtime: Runtime, port: WinRMPort | None = None) -> int:
         return runtime.serve(ROUTING_KEYS, process,
                              periodic=[Periodic("sweeper", settings.sweep_interval_seconds, sweeper)])
     finally:
-        pool.shutdown()
+        pool.shutdown(POOL_GRACE_SECONDS)
 
 
 def main() -> None:

@@ -1,16 +1,21 @@
 """The revocation pool: threads that run claimed revocations off the consumer's workers.
 
 A message handler commits REVOKING and returns (the message is acked), then the pool performs the
-removal; in-process retries sleep here, not on a consumer thread. The pool remembers what it is
-running so the sweeper never hands it the same request twice, and tells the sweeper how much room
-it has, so a replica never claims (leases) more than it can start at once.
+removal; in-process retries sleep here, not on a consumer thread. The pool remembers what it holds
+so the sweeper never hands it the same request twice, and tells the sweeper how much room it has,
+so a replica never claims (leases) more than it can start at once.
+
+The threads are daemon threads and `shutdown` waits a bounded time: a WinRM call still in flight at
+exit is abandoned, which is safe (the row stays REVOKING and is re-driven when its lease ends), and
+keeps SIGTERM's exit within the contract's 30 seconds.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from shared import logs
 
@@ -21,32 +26,52 @@ class RevocationPool:
     def __init__(self, size: int, work: Callable[[str, bool], None]) -> None:
         self.size = size
         self._work = work
-        self._running: set[str] = set()
+        self._held: set[str] = set()
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="revoke")
+        self._queue: queue.Queue[tuple[str, bool] | None] = queue.Queue()
+        self._threads = [threading.Thread(target=self._run, name=f"revoke-{i}", daemon=True) for i in range(size)]
+        for thread in self._threads:
+            thread.start()
 
     def room(self) -> int:
         with self._lock:
-            return max(self.size - len(self._running), 0)
+            return max(self.size - len(self._held), 0)
 
     def submit(self, request_id: str, *, claimed: bool) -> bool:
         """Run one revocation; `claimed` says whether the caller already holds its lease."""
         with self._lock:
-            if request_id in self._running:
+            if request_id in self._held:
                 return False
-            self._running.add(request_id)
-        self._executor.submit(self._run, request_id, claimed)
+            self._held.add(request_id)
+        self._queue.put((request_id, claimed))
         return True
 
-    def _run(self, request_id: str, claimed: bool) -> None:
-        try:
-            self._work(request_id, claimed)
-        except Exception as exc:  # the row stays REVOKING and due after its lease: nothing is lost
-            log.error("revocation.crashed", request_id=request_id, error=str(exc), exc_info=True)
-        finally:
-            with self._lock:
-                self._running.discard(request_id)
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            request_id, claimed = item
+            try:
+                self._work(request_id, claimed)
+            except Exception as exc:  # the row stays REVOKING and due after its lease: nothing is lost
+                log.error("revocation.crashed", request_id=request_id, error=str(exc), exc_info=True)
+            finally:
+                with self._lock:
+                    self._held.discard(request_id)
 
-    def shutdown(self) -> None:
-        """Start nothing new; let running attempts finish (their backoff sleeps end on `stopping`)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    def shutdown(self, grace: float) -> None:
+        """Start nothing new; give running attempts up to `grace` seconds (their backoff sleeps end on
+        the daemon's stopping event), then leave the rest to lease expiry."""
+        while True:
+            try:
+                request_id, _ = self._queue.get_nowait() or ("", False)
+            except queue.Empty:
+                break
+            with self._lock:
+                self._held.discard(request_id)
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + grace
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0))
+        with self._lock:
+            if self._held:
+                log.warning("revocation.abandoned_at_shutdown", requests=sorted(self._held))
