@@ -39,6 +39,27 @@ KEEPING = frozenset({State.ELEVATING.value, State.ELEVATED.value})
 log = logs.get_logger()
 
 
+class RequestRows:
+    """The `RequestView` of one request, for the host work: each read is a short transaction of its own."""
+
+    def __init__(self, factory: sessionmaker[Session], request_id: str) -> None:
+        self._factory = factory
+        self._request_id = request_id
+
+    def others(self) -> list[Request]:
+        with transaction(self._factory) as session:
+            request = load(session, self._request_id)
+            return [] if request is None else other_holders(session, request)
+
+    def holders(self) -> list[tuple[str, bool]]:
+        return [(other.id, other.pre_existing) for other in self.others()]
+
+    def still_elevating(self) -> bool:
+        with transaction(self._factory) as session:
+            request = load(session, self._request_id)
+            return request is not None and request.state == State.ELEVATING.value
+
+
 class Elevator:
     def __init__(self, factory: sessionmaker[Session], winrm: WinRMPort, settings: Settings,
                  clock: Clock | None = None, *, environ: Mapping[str, str] | None = None,
@@ -66,18 +87,12 @@ class Elevator:
     def _work(self, claimed: Claim) -> Outcome:
         if claimed.target is None:
             return Outcome(error=claimed.error)
-        return self._membership.elevate(claimed.target, claimed.budget, lambda: [
-            (holder.id, holder.pre_existing) for holder in self._holders(claimed.request_id)])
-
-    def _holders(self, request_id: str) -> list[Request]:
-        with transaction(self._factory) as session:
-            request = load(session, request_id)
-            return [] if request is None else other_holders(session, request)
+        return self._membership.elevate(claimed.target, claimed.budget, RequestRows(self._factory, claimed.request_id))
 
     def _compensate(self, claimed: Claim, event_id: str) -> None:
         """Take the account back out of the group after a lost race (see the module docstring)."""
         # As in the reaper's ref-count: a REVOKING holder is ending and never keeps a membership alive.
-        holders = [h.id for h in self._holders(claimed.request_id) if h.state in KEEPING]
+        holders = [h.id for h in RequestRows(self._factory, claimed.request_id).others() if h.state in KEEPING]
         removed: bool | None = None
         error: str | None = None
         if not holders and claimed.target is not None:
@@ -95,3 +110,4 @@ class Elevator:
             log.error("elevation.compensation.failed", error=error)
         else:
             log.info("elevation.compensated", removed=removed, kept_for=holders)
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from shared import logs
 from shared.db.targets import Target, TargetError
@@ -21,6 +21,16 @@ from shared.winrm import Credentials, WinRMError, WinRMPort
 T = TypeVar("T")
 
 log = logs.get_logger()
+
+
+class RequestView(Protocol):
+    """What the host work needs to know of its request, each read in a short transaction of its own."""
+
+    def holders(self) -> list[tuple[str, bool]]:
+        """(id, pre_existing) of the other active requests for the same account, group and host."""
+        ...
+
+    def still_elevating(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -42,32 +52,39 @@ class Membership:
         self._environ = environ
         self._sleep = sleep
 
-    def elevate(self, target: Target, budget: float, holders_of: Callable[[], list[tuple[str, bool]]]) -> Outcome:
+    def elevate(self, target: Target, budget: float, request: RequestView) -> Outcome:
         """Make the account a member of the group, unless it already is; never raises for host trouble.
 
-        `holders_of` lists (request id, pre_existing) of the other active requests of ours for the same
-        account, group and host (read in a transaction of its own, only when the account is already a member).
+        Before each add attempt the request must still be ELEVATING: once a check-in or expiry has
+        ended it, no add is sent (not even a retry), which keeps the window for compensation small.
         """
         deadline = time.monotonic() + budget
-        added = False
+        sent: list[bool] = []  # one entry per add_member call made: the account may be a member since
+
+        def add() -> bool | None:
+            if not request.still_elevating():
+                return None
+            sent.append(True)
+            return self._port.add_member(target.endpoint, creds, target.group, target.account)
+
         try:
             creds = target.credentials(self._environ)
             if self._call(lambda: self._is_member(target, creds), deadline):
-                holders = holders_of()
+                holders = request.holders()
                 # Only a holder whose membership we granted explains it; one that found it pre-existing doesn't.
                 pre_existing = all(was_there for _, was_there in holders)
                 if pre_existing:
                     log.info("elevation.pre_existing", account=target.account, group=target.group)
                 return Outcome(pre_existing=pre_existing, holders=tuple(h for h, _ in holders))
-            added = True
-            changed = self._call(lambda: self._port.add_member(target.endpoint, creds, target.group, target.account),
-                                 deadline)
-            return Outcome(added=True, changed=changed)
+            changed = self._call(add, deadline)
+            if changed is None:
+                log.info("elevation.add.skipped", reason="request ended before the add", adds_sent=len(sent))
+            return Outcome(added=bool(sent), changed=bool(changed))
         except TargetError as exc:
             return Outcome(error=f"add {target.account} to {target.group} on {target.endpoint.address}: {exc}")
         except WinRMError as exc:
             note = f" (gave up after retrying for {budget:.1f} s)" if exc.retryable else ""
-            return Outcome(error=f"{exc}{note}", added=added)
+            return Outcome(error=f"{exc}{note}", added=bool(sent))
 
     def remove(self, target: Target, budget: float) -> bool:
         """Remove the account from the group (verified by the adapter); True if it was a member. Raises."""

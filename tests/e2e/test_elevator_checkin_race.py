@@ -1,8 +1,9 @@
 """A check-in published while `jit-elevator`'s add is in flight wins, with the real `jit-reaper` as the other side.
 
-Both daemons run as processes; the simulated host answers every command 1 s late, so the reaper
-ends the request and starts its removal while the add is still on its way. Whatever order the
-add and the removal land in, the account must end out of the group and nothing says "elevated".
+Both daemons run as processes; the simulated host answers every command 1 s late, and the check-in
+is published once the add has run on the host but before its answer is back: the reaper ends the
+request and removes the account while the elevator still waits for (and verifies) its add. Whatever
+order things land in, the account must end out of the group and nothing says "elevated".
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def test_check_in_during_a_slow_add_leaves_the_account_out(
         sim.set_command_delay(1.0)
         with Publisher(fast) as publisher:
             publish_approved(publisher, req)
-        wait_until(lambda: state_of(factory, req.id) == State.ELEVATING, 15, "ELEVATING")
+        wait_until(lambda: any(c.script_name == "add_member" for c in list(sim.command_log)), 15,
+                   "the add on the host (its answer is 1 s away)")
         publish(fast, "secret.checked_in", checkout_id=req.checkout_id, secret_id=req.secret_id, reason="manual")
         wait_until(lambda: state_of(factory, req.id) == State.REVOKED
                    and "elevation.superseded" in actions(factory, req.id)

@@ -280,3 +280,45 @@ def test_a_holder_that_found_the_membership_pre_existing_does_not_explain_it(
     elevator(seeded, fake).process(approved(second))
     assert row(seeded, first.id).pre_existing and row(seeded, second.id).pre_existing
     assert "add_member" not in [c.operation for c in fake.calls]
+
+
+class ReaperDuringIsMember(FakeWinRM):
+    """The check-in is handled while we are still asking whether the account is a member."""
+
+    def __init__(self, factory: sessionmaker[Session], request_id: str) -> None:
+        super().__init__()
+        self.factory, self.request_id = factory, request_id
+
+    def is_member(self, host: HostEndpoint, creds: Credentials, group: str, member: str) -> bool:
+        with transaction(self.factory) as s:
+            s.execute(update(Request).where(Request.id == self.request_id).values(state=State.REVOKING.value))
+        return super().is_member(host, creds, group, member)
+
+
+def test_no_add_is_sent_once_the_request_has_ended(seeded: sessionmaker[Session]) -> None:
+    req = make_request(seeded, secret_id="sec-0-0", host=HOST)
+    fake = ReaperDuringIsMember(seeded, req.id)
+    elevator(seeded, fake).process(approved(req))
+    assert [c.operation for c in fake.calls] == ["is_member"]
+    assert actions(seeded, req.id) == ["start_elevation", "elevation.superseded"]
+    assert row(seeded, req.id).state == State.REVOKING and members(fake) == set()
+
+
+class AmbiguousAddThenCheckIn(ReaperDuringAdd):
+    """The add lands but its answer is lost (a read timeout); meanwhile the request is checked in."""
+
+    adds = 0
+
+    def add_member(self, host: HostEndpoint, creds: Credentials, group: str, member: str) -> bool:
+        self.adds += 1
+        super().add_member(host, creds, group, member)
+        raise RetryableWinRMError(host.key, "add_member", "ReadTimeout")
+
+
+def test_a_retry_never_re_adds_after_the_request_ended(seeded: sessionmaker[Session]) -> None:
+    req = make_request(seeded, secret_id="sec-0-0", host=HOST)
+    fake = AmbiguousAddThenCheckIn(seeded, req.id, State.REVOKING)
+    elevator(seeded, fake, elevation_retry_seconds=5).process(approved(req))
+    assert fake.adds == 1
+    assert members(fake) == set()
+    assert actions(seeded, req.id) == ["start_elevation", "elevation.superseded", "elevation.compensated"]

@@ -272,28 +272,50 @@ def test_two_holders_share_one_membership(world: tuple[Tap, Publisher], factory:
     assert scripts_run(sim, "add_member") == 1 and sim.members(ADMINISTRATORS) == {MEMBER}
 
 
-def test_check_in_during_a_slow_add_ends_with_the_account_out(
-        world: tuple[Tap, Publisher], factory: sessionmaker[Session], sim: SimulatedHost) -> None:
-    """The reaper's part is played here: END while ELEVATING, removal (nothing there yet), REVOKED."""
-    tap, publisher = world
-    sim.set_command_delay(1.0)  # every command answers 1 s late: the add lands after the "reaper" is done
-    req = make_request(factory, secret_id="sec-0-0", host=sim.address)
-    publish_approved(publisher, req)
-    wait_until(lambda: state_of(factory, req.id) == State.ELEVATING, 10, "ELEVATING")
+def end_like_the_reaper(factory: sessionmaker[Session], request_id: str) -> None:
     now = datetime.now(UTC)
     with transaction(factory) as s:
-        row = load(s, req.id)
+        row = load(s, request_id)
         assert row is not None
         assert transition(s, row, Trigger.END, now=now, cause=Cause("test-reaper", reason="checked in"),
                           values={"revoking_since": now, "end_trigger": "checked_in"}) == State.REVOKING
-    # The reaper's removal finds nothing to remove: the add has not landed yet.
-    assert sim.members(ADMINISTRATORS) == set() and scripts_run(sim, "add_member") == 0
+
+
+def confirm_like_the_reaper(factory: sessionmaker[Session], request_id: str) -> None:
     with transaction(factory) as s:
-        row = load(s, req.id)
+        row = load(s, request_id)
         assert row is not None
         assert transition(s, row, Trigger.REMOVAL_CONFIRMED, now=datetime.now(UTC),
                           cause=Cause("test-reaper")) == State.REVOKED
+
+
+def test_check_in_before_the_add_means_no_add(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+                                              sim: SimulatedHost) -> None:
+    """The reaper's part is played here: the request ends while we ask the host; no add is ever sent."""
+    tap, publisher = world
+    sim.set_command_delay(1.0)  # every command answers 1 s late
+    req = make_request(factory, secret_id="sec-0-0", host=sim.address)
+    publish_approved(publisher, req)
+    wait_until(lambda: state_of(factory, req.id) == State.ELEVATING, 10, "ELEVATING")
+    end_like_the_reaper(factory, req.id)
+    confirm_like_the_reaper(factory, req.id)  # its removal found nothing
+    wait_until(lambda: "elevation.superseded" in actions(factory, req.id), 20, "the elevator giving up")
+    assert scripts_run(sim, "add_member") == 0 and sim.members(ADMINISTRATORS) == set()
+    assert tap.of("elevation.elevated", req.id) == []
+
+
+def test_check_in_during_a_slow_add_ends_with_the_account_out(
+        world: tuple[Tap, Publisher], factory: sessionmaker[Session], sim: SimulatedHost) -> None:
+    """The add has run on the host but its answer is 1 s away when the reaper ends and removes it."""
+    tap, publisher = world
+    sim.set_command_delay(1.0)
+    req = make_request(factory, secret_id="sec-0-0", host=sim.address)
+    publish_approved(publisher, req)
+    wait_until(lambda: scripts_run(sim, "add_member") == 1, 10, "the add on the host")
+    end_like_the_reaper(factory, req.id)
+    sim.unseed_member(ADMINISTRATORS, "acct-0-0")  # the reaper's removal
+    confirm_like_the_reaper(factory, req.id)
+    # The adapter's verification now fails (retryable); the retry sees the request ended and sends no add.
     wait_until(lambda: "elevation.compensated" in actions(factory, req.id), 20, "compensation")
-    assert sim.members(ADMINISTRATORS) == set()
-    assert scripts_run(sim, "add_member") == 1 and scripts_run(sim, "remove_member") == 1
+    assert sim.members(ADMINISTRATORS) == set() and scripts_run(sim, "add_member") == 1
     assert tap.of("elevation.elevated", req.id) == [] and state_of(factory, req.id) == State.REVOKED
