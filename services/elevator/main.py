@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 from services.elevator.handler import ROUTING_KEYS, Elevator
 from shared.daemon import Runtime, daemon_main
 from shared.winrm import MembershipClient
 
 
-def guard_requests_environ() -> None:
-    """Work around requests' thread-unsafe `set_environ`, which pywinrm (proxy=None) triggers on every call.
-
-    requests sets os.environ["no_proxy"] = "*" around each request and deletes it afterwards when it
-    was unset, so concurrent WinRM calls race and fail with KeyError: 'no_proxy'. With the variable
-    already set, requests restores it instead of deleting it. (Belongs in shared.winrm; reported.)
-    """
-    os.environ.setdefault("no_proxy", "*")
-
-
 def build(runtime: Runtime) -> int:
-    guard_requests_environ()
     settings = runtime.settings
     winrm = MembershipClient(
         operation_timeout_sec=settings.winrm_operation_timeout_seconds,

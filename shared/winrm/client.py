@@ -13,6 +13,7 @@ otherwise, or if that query fails too, it raises the original error.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -59,6 +60,10 @@ class MembershipClient:
         self.max_shells_per_host = max_shells_per_host
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._slots_lock = threading.Lock()
+        # requests' `set_environ` (reached through pywinrm's proxy=None) sets no_proxy around each call and
+        # deletes it afterwards when it was unset: concurrent calls then race into KeyError('no_proxy').
+        # With the variable already set, requests restores it instead of deleting it.
+        os.environ.setdefault("no_proxy", "*")
 
     # -- the port ------------------------------------------------------------------------------------
     def add_member(self, host: HostEndpoint, creds: Credentials, group: str, member: str) -> bool:

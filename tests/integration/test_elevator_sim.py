@@ -152,9 +152,7 @@ def sim() -> Iterator[SimulatedHost]:
 
 
 @pytest.fixture
-def world(fast: Settings, factory: sessionmaker[Session], sim: SimulatedHost,
-          monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Tap, Publisher]]:
-    monkeypatch.setenv("no_proxy", "*")  # what jit-elevator's main does: see guard_requests_environ
+def world(fast: Settings, factory: sessionmaker[Session], sim: SimulatedHost) -> Iterator[tuple[Tap, Publisher]]:
     seed_config(factory, [HostSpec(sim.address, sim.port)], secrets_per_host=2)
     tap = Tap(fast)
     with running_elevator(fast), Publisher(fast) as publisher:
