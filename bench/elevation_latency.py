@@ -30,6 +30,7 @@ from shared.amqp.publisher import Publisher
 from shared.db.engine import make_engine, session_factory
 from shared.db.migrate import upgrade
 from shared.events import format_time, new_event
+from shared.routes import delete_all
 from shared.settings import Settings
 from tests.factories import PASSWORD_ENV, HostSpec, make_request, seed_config
 from winrm_sim import SimulatedHost
@@ -95,11 +96,8 @@ def measure(settings: Settings, count: int, sim: SimulatedHost) -> list[float]:
         daemon.terminate()
         daemon.wait(30)
         channel.cancel()
-        for queue in (settings.queue("elevator"), f"{settings.queue('elevator')}.dead"):
-            channel.queue_delete(queue=queue)
-        channel.exchange_delete(exchange=settings.exchange)
-        channel.exchange_delete(exchange=f"{settings.exchange}.dlx")
         connection.close()
+        delete_all(settings)
         factory.kw["bind"].dispose()
     return latencies
 

@@ -28,12 +28,12 @@ from sqlalchemy import func, select
 
 from services.reaper.handlers import ROUTING_KEYS
 from shared.amqp.publisher import Publisher
-from shared.amqp.topology import dead_letter_exchange, dead_letter_queue, declare_topology
+from shared.amqp.topology import declare_topology
 from shared.db.engine import make_engine, session_factory, transaction
-from shared.db.facts import as_utc
 from shared.db.migrate import upgrade
 from shared.db.models import Request
 from shared.events import new_event
+from shared.routes import delete_all
 from shared.settings import Settings
 from shared.states import State
 from tests.factories import PASSWORD_ENV, HostSpec, make_request, seed_config
@@ -110,7 +110,7 @@ def main() -> None:
                 break
             time.sleep(0.2)
         assert done == len(ids), f"only {done}/{len(ids)} revoked; log: {log.name}"
-        lag = as_utc(last).timestamp() - back
+        lag = last.timestamp() - back
         left = sim.members(ADMINISTRATORS)
         print(f"engine={args.engine} requests={args.requests} replicas={args.replicas} outage={args.outage:.0f} s "
               f"(check-ins published {published_at - (back - args.outage):.1f} s into it)")
@@ -127,12 +127,7 @@ def main() -> None:
         for proc in procs:
             proc.wait(30)
         sim.close()
-        with pika.BlockingConnection(pika.URLParameters(args.amqp)) as conn:
-            channel = conn.channel()
-            for queue in (settings.queue("reaper"), dead_letter_queue(settings, "reaper")):
-                channel.queue_delete(queue)
-            for exchange in (settings.exchange, dead_letter_exchange(settings)):
-                channel.exchange_delete(exchange)
+        delete_all(settings)
         if admin is not None:
             with admin.connect() as conn:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.amqp.publisher import Publisher
 from shared.db.engine import make_engine, session_factory
-from shared.db.facts import as_utc
 from shared.events import Event, format_time
 from shared.logs import hide_password
 from shared.routes import declare_all
@@ -82,13 +81,13 @@ def show(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return format_time(as_utc(value))
+        return format_time(value)
     return str(value)
 
 
 def plain(value: Any) -> Any:
     """A JSON-ready value: times as RFC 3339 UTC strings."""
-    return format_time(as_utc(value)) if isinstance(value, datetime) else value
+    return format_time(value) if isinstance(value, datetime) else value
 
 
 def print_json(value: Any) -> None:

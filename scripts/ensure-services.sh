@@ -44,10 +44,47 @@ if [ "$want_pg" = 1 ] && [ -z "${JIT_TEST_POSTGRES_URL:-}" ] && ! listening 5432
   wait_for_port 5432 "PostgreSQL"
 fi
 
-if [ -z "${JIT_TEST_AMQP_URL:-}" ] && ! listening 5672; then
-  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+start_rabbitmq() {
   echo "ensure-services: starting RabbitMQ" >&2
   as_root rabbitmq-server -detached || true
   wait_for_port 5672 "RabbitMQ"
-  as_root rabbitmqctl -q await_startup --timeout 60 >/dev/null || true
+  as_root timeout 90 rabbitmqctl -q await_startup --timeout 60 >/dev/null || true
+}
+
+stop_rabbitmq() {
+  as_root timeout 30 rabbitmqctl -q stop >/dev/null 2>&1 || as_root pkill -9 -x beam.smp || true
+  for _ in $(seq 1 30); do listening 5672 || return 0; sleep 1; done
+}
+
+# A broker can listen and still not finish an AMQP handshake (seen here after a stuck vhost
+# deletion): probe it for real, with the venv's pika, when there is one.
+amqp_answers() {
+  [ -x .venv/bin/python ] || return 0
+  timeout 30 .venv/bin/python - <<'PY' >/dev/null 2>&1
+import pika
+params = pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F?socket_timeout=10&connection_attempts=1")
+connection = pika.BlockingConnection(params)
+connection.channel().queue_declare("", exclusive=True)
+connection.close()
+PY
+}
+
+if [ -z "${JIT_TEST_AMQP_URL:-}" ]; then
+  if ! listening 5672; then
+    command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+    start_rabbitmq
+  fi
+  if ! amqp_answers; then
+    echo "ensure-services: RabbitMQ listens but does not answer AMQP; restarting it" >&2
+    stop_rabbitmq
+    start_rabbitmq
+    if ! amqp_answers && [ "${CI:-}" = "true" ]; then
+      # Last resort on a CI machine only: the broker's state (not ours to keep) is what wedges it.
+      echo "ensure-services: still no answer; resetting the CI broker's state" >&2
+      stop_rabbitmq
+      as_root sh -c 'rm -rf /var/lib/rabbitmq/mnesia/rabbit@*'
+      start_rabbitmq
+    fi
+    amqp_answers || { echo "ensure-services: RabbitMQ does not answer on 127.0.0.1:5672" >&2; exit 1; }
+  fi
 fi

@@ -14,14 +14,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import logs
-from shared.amqp.connection import CONNECTION_ERRORS, backoff_delay
+from shared.amqp.connection import CONNECTION_ERRORS, backoff_delay, close_quietly, connect
 from shared.amqp.consumer import Consumer, Delivery, Outcome
 from shared.amqp.publisher import Publisher
 from shared.clock import Clock, SystemClock
 from shared.db.engine import make_engine, session_factory
+from shared.db.models import Request
 from shared.db.outbox import OutboxRelay
 from shared.events import BadEvent, Event, parse_event
 from shared.routes import declare_all
@@ -140,6 +142,27 @@ class Runtime:
         return 0
 
 
+def check(runtime: Runtime) -> int:
+    """Readiness: the database answers with our schema and the broker accepts a connection."""
+    try:
+        with runtime.factory() as session:
+            session.execute(select(func.count()).select_from(Request))
+    except Exception as exc:
+        print(f"jit-{runtime.name}: database not ready ({type(exc).__name__}); has `jitctl db upgrade` run?",
+              file=sys.stderr)
+        return 1
+    try:
+        close_quietly(connect(runtime.settings.amqp_url, name=f"jit-{runtime.name} check"))
+    except CONNECTION_ERRORS as exc:
+        print(f"jit-{runtime.name}: RabbitMQ not reachable at {logs.hide_password(runtime.settings.amqp_url)}: "
+              f"{exc!r}", file=sys.stderr)
+        return 1
+    finally:
+        runtime.publisher.close()
+    print(f"jit-{runtime.name}: database and broker reachable")
+    return 0
+
+
 def daemon_main(name: str, description: str, build: Callable[[Runtime], int]) -> None:
     """Parse the (few) flags, configure logging from the environment, build and serve the daemon."""
     parser = argparse.ArgumentParser(prog=f"jit-{name}", description=description,
@@ -154,9 +177,5 @@ def daemon_main(name: str, description: str, build: Callable[[Runtime], int]) ->
     logs.configure(settings.log_level, settings.log_format)
     runtime = Runtime.create(name, settings)
     if args.check:
-        with runtime.factory() as session:
-            session.connection()
-        runtime.publisher.close()
-        print(f"jit-{name}: database and broker reachable")
-        raise SystemExit(0)
+        raise SystemExit(check(runtime))
     raise SystemExit(build(runtime))

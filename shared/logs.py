@@ -75,7 +75,18 @@ def configure(level: str = "info", fmt: str | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    root = logging.getLogger()
+    root.handlers[:] = [_ToStructlog()]
+    root.setLevel(logging.WARNING)
+    # pika logs every refused connection with a traceback; our amqp layer logs each failure once, structured.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+class _ToStructlog(logging.Handler):
+    """Library log records (SQLAlchemy, pika, requests) as JSON lines like ours: event `library.log`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger().log(record.levelno, "library.log", logger=record.name, message=record.getMessage())
 
 
 def get_logger(**initial: Any) -> Any:

@@ -25,6 +25,21 @@ def journal_queue(settings: Settings) -> str:
     return settings.queue("journal")
 
 
+def delete_all(settings: Settings) -> None:
+    """Remove every queue and exchange `declare_all` made (the demo and the tests clean up with it)."""
+    connection = connect(settings.amqp_url, name="jit topology")
+    try:
+        channel = connection.channel()
+        for daemon in ROUTES:
+            channel.queue_delete(settings.queue(daemon))
+            channel.queue_delete(f"{settings.queue(daemon)}.dead")
+        channel.queue_delete(journal_queue(settings))
+        channel.exchange_delete(f"{settings.exchange}.dlx")
+        channel.exchange_delete(settings.exchange)
+    finally:
+        close_quietly(connection)
+
+
 def declare_all(settings: Settings) -> None:
     connection = connect(settings.amqp_url, name="jit topology")
     try:

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     prefetch: int = Field(16, ge=1, le=1000, description="unacked deliveries per consumer")
     workers: int = Field(8, ge=1, le=256, description="worker threads per daemon process")
     delivery_limit: int = Field(20, ge=1, description="quorum queue x-delivery-limit before dead-lettering")
+    queue_type: Literal["quorum", "classic"] = Field(
+        "quorum", description="quorum in production; classic only for throw-away single-node brokers (tests)")
     max_event_bytes: int = Field(64 * 1024, ge=1024, description="larger message bodies are rejected")
     outbox_poll_seconds: float = Field(0.2, gt=0, description="how often the relay looks for unpublished events")
 

@@ -32,7 +32,7 @@ from shared.amqp.publisher import Publisher
 from shared.db.engine import make_engine
 from shared.db.migrate import upgrade
 from shared.logs import hide_password
-from shared.routes import ROUTES, journal_queue
+from shared.routes import delete_all
 from shared.settings import Settings
 
 DAEMONS = ("approval", "elevator", "reaper")
@@ -99,17 +99,9 @@ def wait_for_consumers(settings: Settings, children: Children, timeout: float = 
 
 def remove_broker_objects(settings: Settings) -> None:
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-    except Exception:
-        return
-    channel = connection.channel()
-    for daemon in ROUTES:
-        channel.queue_delete(settings.queue(daemon))
-        channel.queue_delete(f"{settings.queue(daemon)}.dead")
-    channel.queue_delete(journal_queue(settings))
-    channel.exchange_delete(f"{settings.exchange}.dlx")
-    channel.exchange_delete(settings.exchange)
-    connection.close()
+        delete_all(settings)
+    except Exception as exc:  # the broker went away: nothing of ours is left to remove there
+        print(f"jitctl demo: could not remove the demo's queues: {exc!r}", file=sys.stderr)
 
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from services.approval.effects import approve, cancel, deny, lock_request
 from shared.db import audit
-from shared.db.facts import as_utc, is_checked_in, user_facts
+from shared.db.facts import is_checked_in, user_facts
 from shared.db.models import AuditEntry, Request, Task
 from shared.db.transitions import Cause, load
 from shared.events import ElevationDecided, Event
@@ -100,7 +100,7 @@ def apply_vote(session: Session, row: Request, vote: Vote, now: datetime) -> Non
 def _window_over(session: Session, row: Request, now: datetime) -> str | None:
     if is_checked_in(session, row.checkout_id):
         return "checked_in"
-    if as_utc(row.checkout_expires_at) <= now:
+    if row.checkout_expires_at <= now:
         return "checkout_expired"
     return None
 

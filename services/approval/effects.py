@@ -12,7 +12,6 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.db import audit, outbox
-from shared.db.facts import as_utc
 from shared.db.models import Request
 from shared.db.transitions import Cause, transition
 from shared.events import ElevationApproved, ElevationCancelled, ElevationDenied, new_event
@@ -38,7 +37,7 @@ def lock_request(session: Session, request_id: str) -> None:
 
 def approve(session: Session, row: Request, *, approver_id: str, window_seconds: int, now: datetime, cause: Cause,
             policy: str | None = None) -> bool:
-    expires_at = approval_expiry(as_utc(row.checkout_expires_at), now, window_seconds)
+    expires_at = approval_expiry(row.checkout_expires_at, now, window_seconds)
     values = {"approver_id": approver_id, "decided_at": now, "expires_at": expires_at, "reason": cause.reason}
     if transition(session, row, Trigger.APPROVE, now=now, cause=cause, values=values) is None:
         return False

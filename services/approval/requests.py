@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from services.approval.decisions import apply_parked
 from services.approval.effects import approve, lock_request, record_denied
 from shared.db import audit
-from shared.db.facts import as_utc, request_facts, task_of
+from shared.db.facts import request_facts, task_of
 from shared.db.models import Request, Secret
 from shared.db.targets import member_name
 from shared.db.transitions import Cause
@@ -35,7 +35,7 @@ def new_row(session: Session, data: ElevationRequested, now: datetime) -> Reques
         host=data.host, justification=data.justification, ticket=data.ticket, duration_seconds=data.duration_seconds,
         state=State.PENDING.value, task_id=task.id if task else None,
         account=member_name(secret.account, secret.domain) if secret else None, group=task.group if task else None,
-        requested_at=now, checkout_expires_at=as_utc(data.checkout_expires_at), pre_existing=False, failed=False,
+        requested_at=now, checkout_expires_at=data.checkout_expires_at, pre_existing=False, failed=False,
         attempts=0, updated_at=now,
     )
 

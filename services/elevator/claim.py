@@ -8,7 +8,7 @@ APPROVED -> ELEVATING with a lease that covers the whole in-process attempt.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -42,10 +42,6 @@ class Claim:
     error: str | None = None
 
 
-def as_utc(value: datetime) -> datetime:
-    """SQLite gives back naive datetimes (we store UTC), PostgreSQL aware ones."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
 
 def retry_budget(settings: Settings, now: datetime, expires_at: datetime) -> float:
     """Retrying ends `elevation_margin_seconds` before the window does, and never runs past the setting."""
@@ -57,7 +53,7 @@ def refusal(session: Session, request: Request, now: datetime) -> str | None:
     """Why this request may not be elevated now, or None if it may."""
     if request.state != State.APPROVED:
         return f"request is {request.state}, not APPROVED"
-    if request.expires_at is None or as_utc(request.expires_at) <= now:
+    if request.expires_at is None or request.expires_at <= now:
         return f"elevation window ended at {request.expires_at}"
     checkin = session.get(CheckIn, request.checkout_id)
     if checkin is not None:
@@ -78,7 +74,7 @@ def claim(session: Session, request_id: str, event_id: str, now: datetime, setti
         return None
     reason = refusal(session, request, now)
     if reason is None:
-        expires_at = as_utc(request.expires_at or now)
+        expires_at = request.expires_at or now
         budget = retry_budget(settings, now, expires_at)
         # The lease covers the retry budget plus one last attempt (lease_seconds >= winrm_deadline_seconds):
         # the reaper's sweeper takes an ELEVATING row back only once it has expired.

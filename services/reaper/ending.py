@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 from services.reaper.policy import CONSUMER, SOURCE
 from shared import logs
 from shared.db import inbox, outbox
-from shared.db.facts import as_utc
 from shared.db.models import CheckIn, Request
 from shared.db.transitions import Cause, load, transition
 from shared.events import (
@@ -105,7 +104,7 @@ def on_expired(session: Session, event: Event, now: datetime, *, tolerance: time
     if request is None:
         log.warning("expiry.unknown_request")
         return []
-    if request.expires_at is not None and as_utc(request.expires_at) > now + tolerance:
+    if request.expires_at is not None and request.expires_at > now + tolerance:
         log.warning("expiry.early", expires_at=request.expires_at.isoformat())
     cause = Cause(actor="sweeper" if event.source == SOURCE else event.source, event_id=event.id, reason=data.reason)
     new = end_request(session, request, now=now, end_trigger=data.reason, cause=cause)

@@ -26,7 +26,6 @@ from shared import logs
 from shared.clock import Clock
 from shared.db import audit, outbox
 from shared.db.engine import transaction
-from shared.db.facts import as_utc
 from shared.db.models import Request
 from shared.db.targets import TargetError
 from shared.db.transitions import Cause, load, transition
@@ -232,10 +231,10 @@ class Revoker:
                 "next_attempt_at": next_attempt(now, attempts, initial=self.settings.retry_initial_seconds,
                                                 cap=self.settings.retry_max_seconds),
                 "updated_at": now}
-            since = as_utc(request.revoking_since or request.updated_at)
+            since = request.revoking_since or request.updated_at
             if request.revoking_since is None:
                 values["revoking_since"] = since
-            stalled_at = as_utc(request.stalled_at) if request.stalled_at else None
+            stalled_at = request.stalled_at if request.stalled_at else None
             stalled = stall_due(now, since, stalled_at, self.settings.stall_threshold_seconds)
             if stalled:
                 values["stalled_at"] = now

@@ -25,7 +25,6 @@ from shared import logs
 from shared.clock import Clock
 from shared.db import outbox
 from shared.db.engine import transaction
-from shared.db.facts import as_utc
 from shared.db.models import EXPIRABLE_SQL, Request
 from shared.db.transitions import Cause, transition
 from shared.events import ElevationExpired, ElevationFailed, new_event
@@ -57,7 +56,7 @@ def publish_expiries(factory: sessionmaker[Session], now: datetime, limit: int =
     with transaction(factory) as session:
         for request_id, expires_at, checkout_expires_at in session.execute(
                 _locking(session, due_expiries_query(now, limit))).all():
-            reason = expiry_reason(as_utc(expires_at), as_utc(checkout_expires_at))
+            reason = expiry_reason(expires_at, checkout_expires_at)
             event = new_event("elevation.expired", ElevationExpired(request_id=request_id, reason=reason),
                               source=SOURCE)
             claimed = session.execute(

@@ -30,6 +30,9 @@ def declare_exchange(channel: Any, settings: Settings) -> None:
 def declare_topology(channel: Any, settings: Settings, daemon: str, routing_keys: Sequence[str]) -> str:
     """Declare the exchange, the dead-letter exchange and queue, and the daemon's queue; return its name.
 
+    Quorum queues (the default, `JIT_QUEUE_TYPE`) carry the delivery limit; classic queues, for
+    throw-away test brokers only, have none.
+
     The dead-letter exchange is `direct` and each daemon's messages are dead-lettered with its own
     queue name as routing key: one dead-letter exchange serves every daemon, and a poison message
     of one daemon lands only in that daemon's `.dead` queue (a fanout would copy it to all of them).
@@ -41,17 +44,18 @@ def declare_topology(channel: Any, settings: Settings, daemon: str, routing_keys
 
     declare_exchange(channel, settings)
     channel.exchange_declare(exchange=dlx, exchange_type="direct", durable=True)
-    # Quorum too, so dead letters survive the loss of a node like the messages they came from.
-    channel.queue_declare(queue=dead, durable=True, arguments={"x-queue-type": "quorum"})
+    # Same type as the daemon's queue, so dead letters survive the loss of a node like the messages did.
+    channel.queue_declare(queue=dead, durable=True, arguments={"x-queue-type": settings.queue_type})
     channel.queue_bind(queue=dead, exchange=dlx, routing_key=queue)
 
     arguments: dict[str, Any] = {
-        "x-queue-type": "quorum",
-        # RabbitMQ 3.10 sets no delivery limit: without one a message that crashes its handler loops forever.
-        "x-delivery-limit": settings.delivery_limit,
+        "x-queue-type": settings.queue_type,
         "x-dead-letter-exchange": dlx,
         "x-dead-letter-routing-key": queue,
     }
+    if settings.queue_type == "quorum":
+        # RabbitMQ 3.10 sets no delivery limit: without one a message that crashes its handler loops forever.
+        arguments["x-delivery-limit"] = settings.delivery_limit
     channel.queue_declare(queue=queue, durable=True, arguments=arguments)
     for routing_key in routing_keys:
         channel.queue_bind(queue=queue, exchange=settings.exchange, routing_key=routing_key)

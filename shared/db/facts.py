@@ -5,7 +5,7 @@ Used by jit-approval (requests and decisions) and by `jitctl status`, so both an
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -13,11 +13,6 @@ from sqlalchemy.orm import Session
 from shared.db.models import Application, CheckIn, Host, Request, Secret, Task, TaskSecret, User, UserPermission
 from shared.rules import RequestFacts, SecretFacts, TaskFacts, UserFacts
 from shared.states import ACTIVE
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite returns naive datetimes (we always store UTC); PostgreSQL aware ones. Make both aware UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def user_facts(session: Session, user_id: str) -> UserFacts | None:
@@ -64,7 +59,7 @@ def request_facts(session: Session, *, secret_id: str, requester_id: str, host: 
                   checkout_expires_at: datetime) -> RequestFacts:
     return RequestFacts(
         secret_id=secret_id, secret=secret_facts(session, secret_id), requester_id=requester_id,
-        requester=user_facts(session, requester_id), host=host, checkout_expires_at=as_utc(checkout_expires_at),
+        requester=user_facts(session, requester_id), host=host, checkout_expires_at=checkout_expires_at,
         checked_in=is_checked_in(session, checkout_id),
         active_request_for_checkout=active_request_for(session, checkout_id) is not None,
     )

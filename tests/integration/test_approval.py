@@ -14,7 +14,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.engine import transaction
-from shared.db.facts import as_utc
 from shared.db.models import AuditEntry, CheckIn, Request, Secret, Task, TaskSecret, User, UserPermission
 from shared.events import Event
 from shared.rules import APPROVER_PERMISSIONS, REQUESTER_PERMISSIONS
@@ -81,9 +80,9 @@ def test_request_then_approval_by_an_approver(world: World) -> None:
     approved = world.tap.wait_for("elevation.approved", rid)[0]["data"]
     assert approved["approver_id"] == "bob" and row.approver_id == "bob" and row.decided_at is not None
     # The task's window (3600 s) ends before the checkout (7200 s).
-    assert as_utc(row.expires_at) == as_utc(row.decided_at) + timedelta(seconds=3600)  # type: ignore[arg-type]
-    assert as_utc(row.expires_at) <= as_utc(row.checkout_expires_at)  # type: ignore[arg-type]
-    assert datetime.fromisoformat(approved["expires_at"]) == as_utc(row.expires_at)  # type: ignore[arg-type]
+    assert row.expires_at == row.decided_at + timedelta(seconds=3600)
+    assert row.expires_at <= row.checkout_expires_at
+    assert datetime.fromisoformat(approved["expires_at"]) == row.expires_at
 
 
 def test_checkout_ending_first_bounds_the_approval(world: World) -> None:
@@ -91,7 +90,7 @@ def test_checkout_ending_first_bounds_the_approval(world: World) -> None:
     world.state_of(rid, "PENDING")
     world.send(decided(rid, "bob"))
     row = world.state_of(rid, "APPROVED")
-    assert as_utc(row.expires_at) == as_utc(row.checkout_expires_at)  # type: ignore[arg-type]
+    assert row.expires_at == row.checkout_expires_at
 
 
 def test_denial_by_an_approver_carries_the_reason(world: World) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -132,3 +132,14 @@ def test_the_sweeper_query_uses_its_partial_index(engine: sa.Engine, factory: se
             plan = "\n".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + compiled))
         assert "ix_requests_due_expiry" in plan
         assert len(conn.execute(query).all()) == 1
+
+
+def test_times_come_back_aware_utc_on_both_engines(factory: sessionmaker[Session]) -> None:
+    paris = timezone(timedelta(hours=1))
+    with transaction(factory) as s:
+        s.add(AuditEntry(at=datetime(2026, 11, 24, 11, 0, tzinfo=paris), action="x", actor="test"))
+    with factory() as s:
+        at = s.scalars(sa.select(AuditEntry.at)).one()
+    assert at == NOW and at.tzinfo is not None and at.utcoffset() == timedelta(0)
+    with pytest.raises(sa.exc.StatementError, match="naive datetime"), transaction(factory) as s:
+        s.add(AuditEntry(at=datetime(2026, 11, 24, 10, 0), action="x", actor="test"))

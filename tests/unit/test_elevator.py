@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.elevator.claim import as_utc, retry_budget
+from services.elevator.claim import retry_budget
 from shared.retrying import call, is_retryable, retrying
 from shared.settings import Settings
 from shared.winrm import PermanentWinRMError, RetryableWinRMError
@@ -24,9 +24,6 @@ def test_budget_ends_a_margin_before_the_window() -> None:
     assert retry_budget(settings, NOW, NOW + timedelta(seconds=20)) == pytest.approx(15)
     assert retry_budget(settings, NOW, NOW + timedelta(seconds=3)) == 0
 
-
-def test_sqlite_naive_times_are_read_as_utc() -> None:
-    assert as_utc(datetime(2026, 1, 1, 12, 0)) == datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 class Flaky:
