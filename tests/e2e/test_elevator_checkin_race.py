@@ -20,15 +20,9 @@ from tests.e2e.reaper_processes import Reapers, publish
 from tests.e2e.reaper_processes import sim as sim
 from tests.e2e.test_elevator_replicas import consumers_on, start_elevator, stop
 from tests.factories import ADMINISTRATORS, PASSWORD_ENV, HostSpec, make_request, seed_config
-from tests.integration.test_elevator_sim import (
-    WARNING_FILTERS,
-    Tap,
-    actions,
-    publish_approved,
-    state_of,
-    wait_until,
-)
+from tests.integration.test_elevator_sim import WARNING_FILTERS, actions, publish_approved, state_of
 from tests.integration.winrm_fixtures import SVC_PASSWORD
+from tests.support import EventTap, poll
 from winrm_sim import SimulatedHost
 
 pytestmark = [pytest.mark.slow, *(pytest.mark.filterwarnings(f) for f in WARNING_FILTERS)]
@@ -43,16 +37,16 @@ def test_check_in_during_a_slow_add_leaves_the_account_out(
     reapers = Reapers(fast, tmp_path)
     reapers.start()
     elevator = start_elevator(fast, tmp_path / "elevator.log", {PASSWORD_ENV: SVC_PASSWORD})
-    tap = Tap(fast)
+    tap = EventTap(fast)
     try:
-        wait_until(lambda: consumers_on(fast, fast.queue("elevator")) == 1, 30, "the elevator consuming")
+        poll(lambda: consumers_on(fast, fast.queue("elevator")) == 1, 30, "the elevator consuming")
         sim.set_command_delay(1.0)
         with Publisher(fast) as publisher:
             publish_approved(publisher, req)
-        wait_until(lambda: any(c.script_name == "add_member" for c in list(sim.command_log)), 15,
+        poll(lambda: any(c.script_name == "add_member" for c in list(sim.command_log)), 15,
                    "the add on the host (its answer is 1 s away)")
         publish(fast, "secret.checked_in", checkout_id=req.checkout_id, secret_id=req.secret_id, reason="manual")
-        wait_until(lambda: state_of(factory, req.id) == State.REVOKED
+        poll(lambda: state_of(factory, req.id) == State.REVOKED
                    and "elevation.superseded" in actions(factory, req.id)
                    and not sim.members(ADMINISTRATORS), 40, "REVOKED with the account out")
         tap.wait_for("elevation.revoked", req.id, timeout=10)

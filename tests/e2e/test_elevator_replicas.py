@@ -26,7 +26,8 @@ from shared.settings import Settings
 from shared.states import State
 from tests.conftest import settings_env
 from tests.factories import HostSpec, make_request, seed_config
-from tests.integration.test_elevator_sim import ENV, PASSWORD, WARNING_FILTERS, Tap, publish_approved, wait_until
+from tests.integration.test_elevator_sim import ENV, PASSWORD, WARNING_FILTERS, publish_approved
+from tests.support import EventTap, poll
 from winrm_sim import SimulatedHost
 
 pytestmark = [pytest.mark.slow, *(pytest.mark.filterwarnings(f) for f in WARNING_FILTERS)]
@@ -83,11 +84,11 @@ def test_two_replicas_elevate_each_request_exactly_once(settings: Settings, fact
     seed_config(factory, [HostSpec(s.address, s.port) for s in sims], secrets_per_host=per_host)
     requests = [make_request(factory, secret_id=f"sec-{i % 3}-{i // 3}", host=ADDRESSES[i % 3])
                 for i in range(REQUESTS)]
-    tap = Tap(settings)
+    tap = EventTap(settings)
     logs = [tmp_path / "elevator-1.log", tmp_path / "elevator-2.log"]
     processes = [start_elevator(settings, log) for log in logs]
     try:
-        wait_until(lambda: consumers_on(settings, settings.queue("elevator")) == 2, 30, "two consumers")
+        poll(lambda: consumers_on(settings, settings.queue("elevator")) == 2, 30, "two consumers")
         with Publisher(settings) as publisher:
             for request in requests:
                 publish_approved(publisher, request)

@@ -6,16 +6,12 @@ event anyone publishes is seen there, which is how tests observe what the daemon
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import pika
 
 from services.approval.main import NAME, ROUTING_KEYS, processor
 from services.approval.sweeper import cancel_expired_pending
@@ -23,40 +19,9 @@ from shared.amqp.consumer import Consumer
 from shared.daemon import Periodic, Runtime
 from shared.events import format_time, new_event
 from shared.settings import Settings
+from tests.support import EventTap, poll
 
-
-class EventTap:
-    def __init__(self, settings: Settings) -> None:
-        self._connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-        self._channel = self._connection.channel()
-        self._channel.exchange_declare(exchange=settings.exchange, exchange_type="topic", durable=True)
-        self.queue = self._channel.queue_declare(queue="", exclusive=True).method.queue
-        self._channel.queue_bind(queue=self.queue, exchange=settings.exchange, routing_key="#")
-        self.seen: list[dict[str, Any]] = []
-
-    def drain(self) -> list[dict[str, Any]]:
-        while True:
-            method, _props, body = self._channel.basic_get(queue=self.queue, auto_ack=True)
-            if method is None:
-                return self.seen
-            self.seen.append(json.loads(body))
-
-    def of(self, event_type: str, request_id: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self.drain() if e["type"] == event_type
-                and (request_id is None or e["data"].get("request_id") == request_id)]
-
-    def wait_for(self, event_type: str, request_id: str | None = None, count: int = 1,
-                 timeout: float = 10.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while len(found := self.of(event_type, request_id)) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{count} x {event_type} for {request_id} not seen within {timeout} s; "
-                                     f"seen: {[(e['type'], e['data']) for e in self.seen]}")
-            time.sleep(0.05)
-        return found
-
-    def close(self) -> None:
-        self._connection.close()
+__all__ = ["EventTap", "approval_running", "decided", "poll", "requested"]
 
 
 @contextmanager
@@ -103,10 +68,3 @@ def decided(request_id: str, approver_id: str, decision: str = "approve", reason
     return new_event("elevation.decided", data, source="test/requests-tab", event_id=event_id)
 
 
-def poll(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return value

@@ -2,7 +2,7 @@
 
 Events go in through the broker (`elevation.approved`) and come out through the outbox relay; a
 tap queue bound to `#` sees everything published. The simulator's fault modes drive the retry,
-failure and race paths. The helpers here (`Tap`, `running_elevator`, `publish_approved`) are
+failure and race paths. The helpers here (`EventTap`, `running_elevator`, `publish_approved`) are
 reused by the e2e tests.
 """
 
@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import pika
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,52 +32,13 @@ from shared.settings import Settings
 from shared.states import State, Trigger
 from shared.winrm import MembershipClient
 from tests.factories import ADMINISTRATORS, PASSWORD_ENV, HostSpec, make_request, seed_config
+from tests.support import EventTap, poll
 from winrm_sim import SimulatedHost
 
 PASSWORD = "S1m-Pa55word!"
 ENV = {PASSWORD_ENV: PASSWORD}
 WARNING_FILTERS = ["ignore::DeprecationWarning:requests_ntlm.*", "ignore::DeprecationWarning:urllib3.*"]
 pytestmark = [pytest.mark.filterwarnings(f) for f in WARNING_FILTERS]
-
-
-class Tap:
-    """An exclusive queue of the test's own, bound with `#`: sees every event published on the exchange."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-        self._channel = self._connection.channel()
-        self._channel.exchange_declare(exchange=settings.exchange, exchange_type="topic", durable=True)
-        self.queue = self._channel.queue_declare(queue="", exclusive=True).method.queue
-        self._channel.queue_bind(queue=self.queue, exchange=settings.exchange, routing_key="#")
-        self.seen: list[tuple[float, dict[str, Any]]] = []
-
-    def drain(self) -> list[dict[str, Any]]:
-        while True:
-            method, _props, body = self._channel.basic_get(queue=self.queue, auto_ack=True)
-            if method is None:
-                return [event for _, event in self.seen]
-            self.seen.append((time.monotonic(), json.loads(body)))
-
-    def of(self, event_type: str, request_id: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self.drain() if e["type"] == event_type
-                and (request_id is None or e["data"].get("request_id") == request_id)]
-
-    def wait_for(self, event_type: str, request_id: str | None = None, count: int = 1,
-                 timeout: float = 15.0) -> list[dict[str, Any]]:
-        wait_until(lambda: len(self.of(event_type, request_id)) >= count, timeout,
-                   f"{count} x {event_type} for {request_id}")
-        return self.of(event_type, request_id)
-
-    def close(self) -> None:
-        self._connection.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def client(settings: Settings) -> MembershipClient:
@@ -152,9 +112,9 @@ def sim() -> Iterator[SimulatedHost]:
 
 
 @pytest.fixture
-def world(fast: Settings, factory: sessionmaker[Session], sim: SimulatedHost) -> Iterator[tuple[Tap, Publisher]]:
+def world(fast: Settings, factory: sessionmaker[Session], sim: SimulatedHost) -> Iterator[tuple[EventTap, Publisher]]:
     seed_config(factory, [HostSpec(sim.address, sim.port)], secrets_per_host=2)
-    tap = Tap(fast)
+    tap = EventTap(fast)
     with running_elevator(fast), Publisher(fast) as publisher:
         yield tap, publisher
     tap.close()
@@ -163,7 +123,7 @@ def world(fast: Settings, factory: sessionmaker[Session], sim: SimulatedHost) ->
 MEMBER = "WIN-SIM01\\acct-0-0"
 
 
-def test_approved_is_elevated_on_the_host(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+def test_approved_is_elevated_on_the_host(world: tuple[EventTap, Publisher], factory: sessionmaker[Session],
                                           sim: SimulatedHost) -> None:
     tap, publisher = world
     req = make_request(factory, secret_id="sec-0-0", host=sim.address)
@@ -175,7 +135,7 @@ def test_approved_is_elevated_on_the_host(world: tuple[Tap, Publisher], factory:
     assert scripts_run(sim, "add_member") == 1
 
 
-def test_http_500s_then_success_are_retried(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+def test_http_500s_then_success_are_retried(world: tuple[EventTap, Publisher], factory: sessionmaker[Session],
                                             sim: SimulatedHost) -> None:
     tap, publisher = world
     sim.inject("http500", "Create", count=3)
@@ -185,7 +145,7 @@ def test_http_500s_then_success_are_retried(world: tuple[Tap, Publisher], factor
     assert sim.members(ADMINISTRATORS) == {MEMBER} and sim.faults.rules() == []
 
 
-def test_bad_credentials_fail_to_revoking(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+def test_bad_credentials_fail_to_revoking(world: tuple[EventTap, Publisher], factory: sessionmaker[Session],
                                           sim: SimulatedHost) -> None:
     tap, publisher = world
     sim.reject_credentials()
@@ -200,7 +160,7 @@ def test_bad_credentials_fail_to_revoking(world: tuple[Tap, Publisher], factory:
     assert sim.members(ADMINISTRATORS) == set()
 
 
-def test_host_down_shorter_than_the_budget_succeeds(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+def test_host_down_shorter_than_the_budget_succeeds(world: tuple[EventTap, Publisher], factory: sessionmaker[Session],
                                                     sim: SimulatedHost) -> None:
     tap, publisher = world
     sim.down_for(1.5)
@@ -210,16 +170,16 @@ def test_host_down_shorter_than_the_budget_succeeds(world: tuple[Tap, Publisher]
     assert sim.members(ADMINISTRATORS) == {MEMBER}
 
 
-def test_expired_window_is_refused_with_no_winrm_call(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+def test_expired_window_is_refused_with_no_winrm_call(world: tuple[EventTap, Publisher], factory: sessionmaker[Session],
                                                       sim: SimulatedHost) -> None:
     _tap, publisher = world
     req = make_request(factory, secret_id="sec-0-0", host=sim.address, expires_in=-5)
     publish_approved(publisher, req)
-    wait_until(lambda: "elevation.refused" in actions(factory, req.id), 10, "refusal")
+    poll(lambda: "elevation.refused" in actions(factory, req.id), 10, "refusal")
     assert sim.command_log == [] and state_of(factory, req.id) == State.APPROVED
 
 
-def test_checked_in_checkout_is_refused(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+def test_checked_in_checkout_is_refused(world: tuple[EventTap, Publisher], factory: sessionmaker[Session],
                                         sim: SimulatedHost) -> None:
     tap, publisher = world
     req = make_request(factory, secret_id="sec-0-0", host=sim.address)
@@ -227,11 +187,11 @@ def test_checked_in_checkout_is_refused(world: tuple[Tap, Publisher], factory: s
         s.add(CheckIn(checkout_id=req.checkout_id, secret_id=req.secret_id, reason="service_closed",
                       checked_in_at=datetime.now(UTC), event_id="ev-ci"))
     publish_approved(publisher, req)
-    wait_until(lambda: "elevation.refused" in actions(factory, req.id), 10, "refusal")
+    poll(lambda: "elevation.refused" in actions(factory, req.id), 10, "refusal")
     assert sim.command_log == [] and tap.of("elevation.elevated") == []
 
 
-def test_duplicate_approved_event_elevates_once(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+def test_duplicate_approved_event_elevates_once(world: tuple[EventTap, Publisher], factory: sessionmaker[Session],
                                                 sim: SimulatedHost) -> None:
     tap, publisher = world
     req = make_request(factory, secret_id="sec-0-0", host=sim.address)
@@ -240,13 +200,13 @@ def test_duplicate_approved_event_elevates_once(world: tuple[Tap, Publisher], fa
         publisher.publish(event.type, event.to_json(), message_id=event.id)
     publish_approved(publisher, req)  # and a re-sent approval with a new event id
     tap.wait_for("elevation.elevated", req.id)
-    wait_until(lambda: "elevation.refused" in actions(factory, req.id), 10, "refusal of the re-sent approval")
+    poll(lambda: "elevation.refused" in actions(factory, req.id), 10, "refusal of the re-sent approval")
     time.sleep(0.5)  # let any wrongly accepted duplicate show itself before counting
     assert len(tap.of("elevation.elevated", req.id)) == 1
     assert actions(factory, req.id).count("start_elevation") == 1 and scripts_run(sim, "add_member") == 1
 
 
-def test_pre_existing_membership_is_left_alone(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+def test_pre_existing_membership_is_left_alone(world: tuple[EventTap, Publisher], factory: sessionmaker[Session],
                                                sim: SimulatedHost) -> None:
     tap, publisher = world
     sim.seed_member(ADMINISTRATORS, "acct-0-0")
@@ -257,7 +217,7 @@ def test_pre_existing_membership_is_left_alone(world: tuple[Tap, Publisher], fac
     assert scripts_run(sim, "add_member") == 0 and "elevation.pre_existing" in actions(factory, req.id)
 
 
-def test_two_holders_share_one_membership(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+def test_two_holders_share_one_membership(world: tuple[EventTap, Publisher], factory: sessionmaker[Session],
                                           sim: SimulatedHost) -> None:
     tap, publisher = world
     first = make_request(factory, secret_id="sec-0-0", host=sim.address)
@@ -287,33 +247,33 @@ def confirm_like_the_reaper(factory: sessionmaker[Session], request_id: str) -> 
                           cause=Cause("test-reaper")) == State.REVOKED
 
 
-def test_check_in_before_the_add_means_no_add(world: tuple[Tap, Publisher], factory: sessionmaker[Session],
+def test_check_in_before_the_add_means_no_add(world: tuple[EventTap, Publisher], factory: sessionmaker[Session],
                                               sim: SimulatedHost) -> None:
     """The reaper's part is played here: the request ends while we ask the host; no add is ever sent."""
     tap, publisher = world
     sim.set_command_delay(1.0)  # every command answers 1 s late
     req = make_request(factory, secret_id="sec-0-0", host=sim.address)
     publish_approved(publisher, req)
-    wait_until(lambda: state_of(factory, req.id) == State.ELEVATING, 10, "ELEVATING")
+    poll(lambda: state_of(factory, req.id) == State.ELEVATING, 10, "ELEVATING")
     end_like_the_reaper(factory, req.id)
     confirm_like_the_reaper(factory, req.id)  # its removal found nothing
-    wait_until(lambda: "elevation.superseded" in actions(factory, req.id), 20, "the elevator giving up")
+    poll(lambda: "elevation.superseded" in actions(factory, req.id), 20, "the elevator giving up")
     assert scripts_run(sim, "add_member") == 0 and sim.members(ADMINISTRATORS) == set()
     assert tap.of("elevation.elevated", req.id) == []
 
 
 def test_check_in_during_a_slow_add_ends_with_the_account_out(
-        world: tuple[Tap, Publisher], factory: sessionmaker[Session], sim: SimulatedHost) -> None:
+        world: tuple[EventTap, Publisher], factory: sessionmaker[Session], sim: SimulatedHost) -> None:
     """The add has run on the host but its answer is 1 s away when the reaper ends and removes it."""
     tap, publisher = world
     sim.set_command_delay(1.0)
     req = make_request(factory, secret_id="sec-0-0", host=sim.address)
     publish_approved(publisher, req)
-    wait_until(lambda: scripts_run(sim, "add_member") == 1, 10, "the add on the host")
+    poll(lambda: scripts_run(sim, "add_member") == 1, 10, "the add on the host")
     end_like_the_reaper(factory, req.id)
     sim.unseed_member(ADMINISTRATORS, "acct-0-0")  # the reaper's removal
     confirm_like_the_reaper(factory, req.id)
     # The adapter's verification now fails (retryable); the retry sees the request ended and sends no add.
-    wait_until(lambda: "elevation.compensated" in actions(factory, req.id), 20, "compensation")
+    poll(lambda: "elevation.compensated" in actions(factory, req.id), 20, "compensation")
     assert sim.members(ADMINISTRATORS) == set() and scripts_run(sim, "add_member") == 1
     assert tap.of("elevation.elevated", req.id) == [] and state_of(factory, req.id) == State.REVOKED

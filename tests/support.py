@@ -1,0 +1,54 @@
+"""Helpers every level of tests shares: watching the events on a test's exchange, and waiting for a condition."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pika
+
+from shared.settings import Settings
+
+
+def poll(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Wait until `condition()` is truthy and return its value; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+    return value
+
+
+class EventTap:
+    """An exclusive queue of the test's own, bound with `#`: sees every event published on the exchange."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+        self._channel = self._connection.channel()
+        self._channel.exchange_declare(exchange=settings.exchange, exchange_type="topic", durable=True)
+        self.queue = self._channel.queue_declare(queue="", exclusive=True).method.queue
+        self._channel.queue_bind(queue=self.queue, exchange=settings.exchange, routing_key="#")
+        self.seen: list[dict[str, Any]] = []
+
+    def drain(self) -> list[dict[str, Any]]:
+        while True:
+            method, _props, body = self._channel.basic_get(queue=self.queue, auto_ack=True)
+            if method is None:
+                return self.seen
+            self.seen.append(json.loads(body))
+
+    def of(self, event_type: str, request_id: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.drain() if e["type"] == event_type
+                and (request_id is None or e["data"].get("request_id") == request_id)]
+
+    def wait_for(self, event_type: str, request_id: str | None = None, count: int = 1,
+                 timeout: float = 15.0) -> list[dict[str, Any]]:
+        poll(lambda: len(self.of(event_type, request_id)) >= count, timeout,
+             f"{count} x {event_type} for {request_id}; seen: {[(e['type'], e['data']) for e in self.seen]}")
+        return self.of(event_type, request_id)
+
+    def close(self) -> None:
+        self._connection.close()
