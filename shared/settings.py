@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     stall_threshold_seconds: float = Field(300.0, gt=0, description="revocation failing this long is 'stalled'")
     revocation_threads: int = Field(32, ge=1, le=1024, description="reaper threads performing revocations "
                                     "(mostly asleep in backoff while a host is down)")
-    lease_seconds: float = Field(60.0, gt=0, description="how long a claimed row is ours before others retake it")
+    lease_seconds: float = Field(
+        75.0, gt=0, description="a claimed row stays ours this long past its retry budget; keep it above "
+                                "winrm_deadline_seconds so one last attempt fits before another replica retakes it")
     elevation_retry_seconds: float = Field(
         60.0, ge=0, description="jit-elevator: in-process retrying of a transient WinRM failure before giving up")
     elevation_margin_seconds: float = Field(

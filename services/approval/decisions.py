@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session
 
 from services.approval.effects import approve, cancel, deny, lock_request
 from shared.db import audit
-from shared.db.facts import is_checked_in, user_facts
+from shared.db.facts import is_checked_in, secret_facts, user_facts
 from shared.db.models import AuditEntry, Request, Task
 from shared.db.transitions import Cause, load
 from shared.events import ElevationDecided, Event
 from shared.logs import get_logger
-from shared.rules import POLICY, check_approver
+from shared.rules import POLICY, check_approver, eligibility
 from shared.states import State
 
 log = get_logger()
@@ -86,6 +86,14 @@ def apply_vote(session: Session, row: Request, vote: Vote, now: datetime) -> Non
         task = session.get(Task, row.task_id) if row.task_id else None
         if task is None:
             _record(session, row, vote, now, "decision.refused", f"task {row.task_id} is no longer configured")
+            return
+        # Eligibility is checked again: permissions or the task may have changed since the request.
+        ineligible = eligibility(row.secret_id, secret_facts(session, row.secret_id), row.requester_id,
+                                 user_facts(session, row.requester_id))
+        if ineligible is not None:
+            _record(session, row, vote, now, "decision.refused", f"no longer eligible: {ineligible}")
+            deny(session, row, approver_id=POLICY, reason=f"no longer eligible: {ineligible}", now=now,
+                 cause=Cause(POLICY, vote.event_id or None, ineligible))
             return
         applied = approve(session, row, approver_id=vote.approver_id, window_seconds=task.approval_window_seconds,
                           now=now, cause=cause)

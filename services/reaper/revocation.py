@@ -90,7 +90,9 @@ class Revoker:
             self._answer.notify_all()
 
     def _lease(self, now: datetime) -> dict[str, Any]:
-        until = now + timedelta(seconds=self.settings.lease_seconds)
+        # Long enough for the in-process retries plus one last attempt, so no other replica retakes the
+        # row while we still work on it (a repeat would be harmless, only wasted).
+        until = now + timedelta(seconds=self.settings.lease_seconds + self.settings.retry_in_process_seconds)
         return {"lease_until": until, "next_attempt_at": until}
 
     def claim(self, request_id: str) -> bool:

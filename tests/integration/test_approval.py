@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.engine import transaction
@@ -235,3 +235,16 @@ def test_undecided_requests_are_cancelled_when_the_checkout_ends(world: World) -
     assert row.end_trigger == "checkout_expired"
     assert world.tap.wait_for("elevation.cancelled", rid)[0]["data"]["request_id"] == rid
     assert world.audit(rid, "end")[0].to_state == "CANCELLED"
+
+
+def test_a_requester_who_lost_a_permission_before_the_decision_is_not_approved(world: World) -> None:
+    rid = world.send(requested())
+    world.state_of(rid, "PENDING")
+    with transaction(world.factory) as s:
+        s.execute(delete(UserPermission).where(UserPermission.user_id == "alice",
+                                               UserPermission.permission == "CONNECT"))
+    world.send(decided(rid, "bob"))
+    row = world.state_of(rid, "DENIED")
+    assert row.approver_id == "policy" and "no longer eligible" in (row.reason or "")
+    assert "CONNECT" in world.tap.wait_for("elevation.denied", rid)[0]["data"]["reason"]
+    assert world.tap.of("elevation.approved", rid) == []
