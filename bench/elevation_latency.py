@@ -3,6 +3,9 @@
 Starts one jit-winrm-sim host (no added latency), a fresh database (an SQLite file, or a scratch
 PostgreSQL database created and dropped here), one `jit-elevator` process, and publishes approved
 requests one at a time, timing each until its `elevation.elevated` arrives on a queue of our own.
+The raw baseline, measured in the same run against the same host, is the WinRM work alone: the
+adapter's `add_member` (add + verifying query) called directly; the ratio is what the whole pipeline
+(broker, database, outbox, two transactions, the pre-existing check) costs on top of it.
 
     .venv/bin/python -m bench.elevation_latency --db sqlite --requests 50      # from the repository root
     .venv/bin/python -m bench.elevation_latency --db postgres --requests 50
@@ -32,7 +35,8 @@ from shared.db.migrate import upgrade
 from shared.events import format_time, new_event
 from shared.routes import delete_all
 from shared.settings import Settings
-from tests.factories import PASSWORD_ENV, HostSpec, make_request, seed_config
+from shared.winrm import Credentials, HostEndpoint, MembershipClient
+from tests.factories import ADMINISTRATORS, PASSWORD_ENV, HostSpec, make_request, seed_config
 from winrm_sim import SimulatedHost
 
 PASSWORD = "Bench-Pa55word!"
@@ -102,6 +106,20 @@ def measure(settings: Settings, count: int, sim: SimulatedHost) -> list[float]:
     return latencies
 
 
+def raw_baseline(sim: SimulatedHost, count: int) -> list[float]:
+    """The WinRM work alone: the adapter's add (and its verifying query) and a remove to reset, timed add only."""
+    client = MembershipClient()
+    host = HostEndpoint(address=sim.address, scheme="http", port=sim.port, transport="basic", verify_tls=False)
+    creds = Credentials(username="svc-jit", password=PASSWORD)
+    timings = []
+    for i in range(count):
+        started = time.perf_counter()
+        client.add_member(host, creds, ADMINISTRATORS, f"raw-{i}")
+        timings.append(time.perf_counter() - started)
+        client.remove_member(host, creds, ADMINISTRATORS, f"raw-{i}")
+    return timings
+
+
 def wait_for_consumer(settings: Settings, timeout: float = 30.0) -> None:
     queue = settings.queue("elevator")
     deadline = time.monotonic() + timeout
@@ -138,12 +156,16 @@ def main() -> None:
             settings = Settings(amqp_url=args.amqp_url, database_url=url, exchange=f"{name}.events",
                                 queue_prefix=name)
             latencies = measure(settings, args.requests, sim)
+            baseline = raw_baseline(sim, args.requests)
         finally:
             if scratch:
                 drop_postgres(args.postgres_url, scratch)
     ms = [x * 1000 for x in latencies]
+    raw = statistics.median(baseline) * 1000
     print(f"{args.db}: {len(ms)} elevations, approved -> elevated: median {statistics.median(ms):.1f} ms, "
           f"p95 {percentile(ms, 0.95):.1f} ms, min {min(ms):.1f} ms, max {max(ms):.1f} ms")
+    print(f"raw baseline (adapter add + verify alone, same host, same run): median {raw:.1f} ms; "
+          f"pipeline / raw = {statistics.median(ms) / raw:.2f}")
 
 
 if __name__ == "__main__":
