@@ -11,7 +11,8 @@ import argparse
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
@@ -115,11 +116,15 @@ class Runtime:
                 time.sleep(backoff_delay(attempt - 1))
         raise SystemExit(f"jit-{self.name}: RabbitMQ not reachable at {logs.hide_password(self.settings.amqp_url)}")
 
-    def serve(self, routing_keys: Sequence[str], process: Callable[[Event], None],
-              periodic: Sequence[Periodic] = ()) -> int:
-        """Run until SIGTERM/SIGINT: stop taking messages, finish what is in flight, exit 0."""
+    @contextmanager
+    def started(self, routing_keys: Sequence[str], process: Callable[[Event], None],
+                periodic: Sequence[Periodic] = ()) -> Iterator[Consumer]:
+        """Topology, outbox relay and periodic jobs running; yields the consumer, not yet running.
+
+        `serve` runs it on the main thread; tests run it on a thread of theirs. On exit everything
+        stops: the contract's 30 s are mostly the consumer's drain, so the jobs get 2 s.
+        """
         consumer = Consumer(self.settings, self.name, routing_keys, self.handler(routing_keys, process))
-        consumer.install_signal_handlers()
         self._declare_topology()
         self.relay.start()
         for job in periodic:
@@ -127,10 +132,9 @@ class Runtime:
         log.info("daemon.started", daemon=self.name, queue=self.settings.queue(self.name),
                  routing_keys=list(routing_keys))
         try:
-            consumer.run()
+            yield consumer
         finally:
             self.stopping.set()
-            # The consumer's drain used up to the grace period; the contract's 30 s leaves a few for the rest.
             for job in periodic:
                 job.join(2.0)
             self.relay.stop()
@@ -139,6 +143,13 @@ class Runtime:
             if bind is not None:
                 bind.dispose()
             log.info("daemon.stopped", daemon=self.name)
+
+    def serve(self, routing_keys: Sequence[str], process: Callable[[Event], None],
+              periodic: Sequence[Periodic] = ()) -> int:
+        """Run until SIGTERM/SIGINT: stop taking messages, finish what is in flight, exit 0."""
+        with self.started(routing_keys, process, periodic) as consumer:
+            consumer.install_signal_handlers()
+            consumer.run()
         return 0
 
 

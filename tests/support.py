@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pika
 
+from shared.amqp.consumer import Consumer
 from shared.settings import Settings
 
 
@@ -52,3 +55,17 @@ class EventTap:
 
     def close(self) -> None:
         self._connection.close()
+
+
+@contextmanager
+def running(consumer: Consumer, *, join_timeout: float = 15.0) -> Iterator[threading.Thread]:
+    """Run the consumer on a thread until the block ends, then stop it and require run() to return."""
+    thread = threading.Thread(target=consumer.run, name="test-consumer", daemon=True)
+    thread.start()
+    try:
+        assert consumer.ready.wait(10), "consumer did not become ready"
+        yield thread
+    finally:
+        consumer.stop()
+        thread.join(join_timeout)
+        assert not thread.is_alive(), "run() did not return after stop()"

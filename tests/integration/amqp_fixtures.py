@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +19,6 @@ from urllib.parse import quote
 import pika
 import pytest
 
-from shared.amqp.consumer import Consumer
 from shared.settings import Settings
 
 
@@ -113,15 +111,3 @@ def wait_for(condition: Callable[[], bool], timeout: float = 5.0, what: str = "c
         time.sleep(0.02)
 
 
-@contextmanager
-def running(consumer: Consumer, *, join_timeout: float = 15.0) -> Iterator[threading.Thread]:
-    """Run the consumer on a thread until the block ends, then stop it and require run() to return."""
-    thread = threading.Thread(target=consumer.run, name="test-consumer", daemon=True)
-    thread.start()
-    try:
-        assert consumer.ready.wait(10), "consumer did not become ready"
-        yield thread
-    finally:
-        consumer.stop()
-        thread.join(join_timeout)
-        assert not thread.is_alive(), "run() did not return after stop()"

@@ -6,7 +6,6 @@ event anyone publishes is seen there, which is how tests observe what the daemon
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,38 +14,23 @@ from typing import Any
 
 from services.approval.main import NAME, ROUTING_KEYS, processor
 from services.approval.sweeper import cancel_expired_pending
-from shared.amqp.consumer import Consumer
 from shared.daemon import Periodic, Runtime
 from shared.events import format_time, new_event
 from shared.settings import Settings
-from tests.support import EventTap, poll
+from tests.support import EventTap, poll, running
 
 __all__ = ["EventTap", "approval_running", "decided", "poll", "requested"]
 
 
 @contextmanager
 def approval_running(settings: Settings) -> Iterator[Runtime]:
-    """jit-approval in this process: the real Consumer on a thread, its outbox relay and sweeper."""
+    """jit-approval in this process, built as its main builds it, with the real Consumer on a thread."""
     runtime = Runtime.create(NAME, settings)
-    consumer = Consumer(settings, NAME, ROUTING_KEYS, runtime.handler(ROUTING_KEYS, processor(runtime.factory,
-                                                                                               runtime.clock)))
     sweeper = Periodic("approval.sweeper", settings.sweep_interval_seconds,
                        lambda: cancel_expired_pending(runtime.factory, runtime.clock))
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    runtime.relay.start()
-    sweeper.start(runtime.stopping)
-    thread.start()
-    try:
-        assert consumer.ready.wait(15), "approval consumer did not become ready"
+    with runtime.started(ROUTING_KEYS, processor(runtime.factory, runtime.clock), [sweeper]) as consumer, \
+            running(consumer, join_timeout=20):
         yield runtime
-    finally:
-        consumer.stop()
-        thread.join(20)
-        runtime.stopping.set()
-        sweeper.join(5)
-        runtime.relay.stop()
-        runtime.publisher.close()
-        runtime.factory.kw["bind"].dispose()
 
 
 def requested(request_id: str | None = None, *, secret_id: str = "sec-0-0", host: str = "127.0.0.1",  # noqa: S107

@@ -17,11 +17,11 @@ from tests.integration.amqp_fixtures import (
     get_one,
     rabbitmqctl,
     ready_count,
-    running,
     settings_for,
     vhost_of,
     wait_for,
 )
+from tests.support import running
 
 pytestmark = pytest.mark.rabbitmq
 # The shared fixtures, made visible to pytest in this module.

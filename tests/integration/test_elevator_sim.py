@@ -9,7 +9,6 @@ reused by the e2e tests.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.elevator.handler import ROUTING_KEYS, Elevator
-from shared.amqp.consumer import Consumer
 from shared.amqp.publisher import Publisher
 from shared.daemon import Runtime
 from shared.db.engine import transaction
@@ -32,7 +30,7 @@ from shared.settings import Settings
 from shared.states import State, Trigger
 from shared.winrm import MembershipClient
 from tests.factories import ADMINISTRATORS, PASSWORD_ENV, HostSpec, make_request, seed_config
-from tests.support import EventTap, poll
+from tests.support import EventTap, poll, running
 from winrm_sim import SimulatedHost
 
 PASSWORD = "S1m-Pa55word!"
@@ -53,20 +51,8 @@ def running_elevator(settings: Settings) -> Iterator[Runtime]:
     """The daemon as `jit-elevator` builds it, with the real Consumer on a thread (no signal handlers)."""
     runtime = Runtime.create("elevator", settings)
     elevator = Elevator(runtime.factory, client(settings), settings, runtime.clock, environ=ENV)
-    consumer = Consumer(settings, "elevator", ROUTING_KEYS, runtime.handler(ROUTING_KEYS, elevator.process))
-    runtime.relay.start()
-    thread = threading.Thread(target=consumer.run, name="elevator-consumer", daemon=True)
-    thread.start()
-    try:
-        assert consumer.ready.wait(15), "elevator consumer did not become ready"
+    with runtime.started(ROUTING_KEYS, elevator.process) as consumer, running(consumer, join_timeout=20):
         yield runtime
-    finally:
-        consumer.stop()
-        thread.join(20)
-        runtime.relay.stop()
-        runtime.publisher.close()
-        runtime.factory.kw["bind"].dispose()  # Runtime.create made the engine; nothing else closes it
-        assert not thread.is_alive(), "consumer did not stop"
 
 
 def approved_event(request: Request) -> Any:
