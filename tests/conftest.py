@@ -57,7 +57,7 @@ def postgres_server_url() -> Iterator[str]:
         if "JIT_TEST_POSTGRES_URL" in os.environ or not _docker_available():
             pytest.fail(f"PostgreSQL is not reachable at {url} ({exc.orig}); start it with "
                         "`pg_ctlcluster --skip-systemctl-redirect <version> main start` or run .ci/run")
-    from testcontainers.postgres import PostgresContainer
+    from testcontainers.community.postgres import PostgresContainer
 
     with PostgresContainer("postgres:16", driver="psycopg") as container:
         yield container.get_connection_url()
@@ -122,7 +122,15 @@ def amqp_run_url() -> Iterator[str]:
         yield given
         return
     if not shutil.which("rabbitmqctl"):
-        pytest.fail("rabbitmqctl not found: set JIT_TEST_AMQP_URL to a RabbitMQ vhost this run may use")
+        if not _docker_available():
+            pytest.fail("rabbitmqctl not found: set JIT_TEST_AMQP_URL to a RabbitMQ vhost this run may use, "
+                        "or run scripts/test, which installs and starts RabbitMQ")
+        from testcontainers.community.rabbitmq import RabbitMqContainer
+
+        with RabbitMqContainer("rabbitmq:3.10") as container:  # a broker of this run's own: its / vhost
+            params = container.get_connection_params()
+            yield f"amqp://guest:guest@{params.host}:{params.port}/%2F"
+        return
     vhost = f"jit-test-{RUN_ID}"
     _rabbitmqctl("add_vhost", vhost)
     _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
