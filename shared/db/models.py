@@ -235,6 +235,7 @@ class OutboxEvent(Base):
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime]
     published_at: Mapped[datetime | None]
+    claimed_until: Mapped[datetime | None]  # a relay is publishing this row; others leave it until then
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     __table_args__ = (

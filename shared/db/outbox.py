@@ -1,18 +1,18 @@
 """The transactional outbox: events are written with the state change that caused them, then relayed.
 
 `enqueue` runs inside the caller's transaction. `OutboxRelay` is a thread that claims unpublished
-rows (`FOR UPDATE SKIP LOCKED` on PostgreSQL; the `BEGIN IMMEDIATE` write lock on SQLite), publishes
-each with publisher confirms, and marks it published in the same transaction. A crash between the
-publish and the commit publishes the event again, which consumers' inboxes absorb.
+rows for a while (`FOR UPDATE SKIP LOCKED` on PostgreSQL; the `BEGIN IMMEDIATE` write lock on SQLite
+makes the claim atomic there), publishes each with publisher confirms, then marks them published. A
+crash between the publish and the mark publishes the event again, which consumers' inboxes absorb.
 """
 
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.engine import transaction
@@ -21,6 +21,7 @@ from shared.events import Event
 from shared.logs import get_logger
 
 log = get_logger()
+CLAIM_SECONDS = 30.0
 
 
 class PublishPort(Protocol):
@@ -33,24 +34,52 @@ def enqueue(session: Session, event: Event) -> None:
 
 
 def publish_pending(factory: sessionmaker[Session], publisher: PublishPort, *, batch: int = 100) -> int:
-    """Publish up to `batch` unpublished events in order; returns how many were published."""
-    published = 0
+    """Publish up to `batch` unpublished events in order; returns how many were published.
+
+    Rows are claimed for `CLAIM_SECONDS` in one short transaction, published with no transaction
+    open (on SQLite a transaction holds the whole database's write lock, and a slow broker must not
+    stall every writer), then marked in another. A relay that dies in between leaves its claim to
+    expire, and another relay publishes those rows again: at least once, which inboxes absorb.
+    """
+    rows = _claim(factory, batch)
+    published: list[int] = []
+    failed: tuple[int, str] | None = None
+    for row_id, event_type, body, event_id in rows:
+        try:
+            publisher.publish(event_type, body, message_id=event_id)
+        except Exception as exc:
+            failed = (row_id, str(exc)[:2000])
+            log.warning("outbox.publish.failed", event_id=event_id, type=event_type, error=str(exc))
+            break
+        published.append(row_id)
     with transaction(factory) as session:
-        stmt = select(OutboxEvent).where(OutboxEvent.published_at.is_(None)).order_by(OutboxEvent.id).limit(batch)
+        now = datetime.now(UTC)
+        if published:
+            session.execute(update(OutboxEvent).where(OutboxEvent.id.in_(published))
+                            .values(published_at=now, claimed_until=None))
+        unsent = [r[0] for r in rows if r[0] not in published]
+        if unsent:  # give back what this relay did not get to, so the next pass takes it in order
+            session.execute(update(OutboxEvent).where(OutboxEvent.id.in_(unsent)).values(claimed_until=None))
+        if failed:
+            session.execute(update(OutboxEvent).where(OutboxEvent.id == failed[0])
+                            .values(attempts=OutboxEvent.attempts + 1, last_error=failed[1]))
+    return len(published)
+
+
+def _claim(factory: sessionmaker[Session], batch: int) -> list[tuple[int, str, bytes, str]]:
+    now = datetime.now(UTC)
+    with transaction(factory) as session:
+        stmt = (select(OutboxEvent.id, OutboxEvent.type, OutboxEvent.body, OutboxEvent.event_id)
+                .where(OutboxEvent.published_at.is_(None),
+                       or_(OutboxEvent.claimed_until.is_(None), OutboxEvent.claimed_until < now))
+                .order_by(OutboxEvent.id).limit(batch))
         if session.get_bind().dialect.name == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)
-        for row in session.scalars(stmt):
-            try:
-                publisher.publish(row.type, row.body, message_id=row.event_id)
-            except Exception as exc:
-                row.attempts += 1
-                row.last_error = str(exc)[:2000]
-                log.warning("outbox.publish.failed", event_id=row.event_id, type=row.type,
-                            attempt=row.attempts, error=str(exc))
-                break
-            row.published_at = datetime.now(UTC)
-            published += 1
-    return published
+        rows = [(r.id, r.type, r.body, r.event_id) for r in session.execute(stmt)]
+        if rows:
+            session.execute(update(OutboxEvent).where(OutboxEvent.id.in_([r[0] for r in rows]))
+                            .values(claimed_until=now + timedelta(seconds=CLAIM_SECONDS)))
+    return rows
 
 
 class OutboxRelay:

@@ -76,3 +76,46 @@ def test_an_unroutable_event_stays_unpublished_with_its_error(settings: Settings
     declare_all(settings)
     with Publisher(settings) as publisher:
         assert publish_pending(factory, publisher) == 1
+
+
+class WritingPublisher:
+    """Writes to the database while it 'publishes', as another daemon's transaction would meanwhile."""
+
+    def __init__(self, factory: sessionmaker[Session]) -> None:
+        self.factory = factory
+        self.sent: list[str] = []
+
+    def publish(self, routing_key: str, body: bytes, *, message_id: str) -> None:
+        with transaction(self.factory) as s:  # would wait for the lock if the relay still held it
+            enqueue(s, failed_event(1000 + len(self.sent)))
+        self.sent.append(message_id)
+
+
+def test_no_transaction_is_held_while_publishing(factory: sessionmaker[Session]) -> None:
+    # On SQLite a transaction is the whole database's write lock: holding it across broker I/O would
+    # stall every daemon's writes for as long as the broker is slow.
+    with transaction(factory) as s:
+        enqueue(s, failed_event(1))
+    publisher = WritingPublisher(factory)
+    started = time.monotonic()
+    assert publish_pending(factory, publisher) == 1
+    assert time.monotonic() - started < 5, "the publish waited on a lock the relay held"
+
+
+def test_a_claimed_row_is_left_to_the_relay_that_claimed_it(factory: sessionmaker[Session]) -> None:
+    with transaction(factory) as s:
+        enqueue(s, failed_event(1))
+    sent: list[str] = []
+
+    class Second:
+        def publish(self, routing_key: str, body: bytes, *, message_id: str) -> None:
+            sent.append(message_id)
+
+    class First:
+        def publish(self, routing_key: str, body: bytes, *, message_id: str) -> None:
+            # While the first relay publishes, a second relay runs: it must find nothing to publish.
+            assert publish_pending(factory, Second()) == 0
+            sent.append(message_id)
+
+    assert publish_pending(factory, First()) == 1
+    assert len(sent) == 1
