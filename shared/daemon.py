@@ -91,6 +91,12 @@ class Runtime:
                 log.warning("event.rejected", reason=str(exc), message_id=delivery.message_id,
                             routing_key=delivery.routing_key)
                 return Outcome.REJECT
+            allowed = self.settings.allowed_publishers(event.type)
+            if allowed is not None and delivery.user_id not in allowed:
+                log.warning("event.rejected", event_id=event.id, event_type=event.type, publisher=delivery.user_id,
+                            reason=f"{event.type} published by broker user {delivery.user_id!r}, "
+                                   f"not one of JIT_DECISION_PUBLISHERS")
+                return Outcome.REJECT
             data = event.data
             with logs.bound(event_id=event.id, event_type=event.type, request_id=getattr(data, "request_id", None),
                             checkout_id=getattr(data, "checkout_id", None), host=getattr(data, "host", None)):

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(20, ge=1, description="quorum queue x-delivery-limit before dead-lettering")
     queue_type: Literal["quorum", "classic"] = Field(
         "quorum", description="quorum in production; classic only for throw-away single-node brokers (tests)")
+    decision_publishers: str = Field(
+        "", description="comma-separated broker users allowed to publish elevation.decided (empty: any user); "
+                        "the broker vouches for the publishing user, so a decision can't come from elsewhere")
     max_event_bytes: int = Field(64 * 1024, ge=1024, description="larger message bodies are rejected")
     outbox_poll_seconds: float = Field(0.2, gt=0, description="how often the relay looks for unpublished events")
 
@@ -51,6 +54,12 @@ class Settings(BaseSettings):
     elevation_margin_seconds: float = Field(
         5.0, ge=0, description="jit-elevator: stop retrying this long before the elevation window ends")
     shutdown_grace_seconds: float = Field(25.0, gt=0)
+
+    def allowed_publishers(self, event_type: str) -> frozenset[str] | None:
+        """Broker users allowed to publish `event_type`, or None when any user may."""
+        if event_type == "elevation.decided" and self.decision_publishers.strip():
+            return frozenset(u.strip() for u in self.decision_publishers.split(",") if u.strip())
+        return None
 
     def queue(self, daemon: str) -> str:
         return f"{self.queue_prefix}.{daemon}"

@@ -23,6 +23,8 @@ class Delivery:
     # Set by quorum queues on redeliveries (absent on the first one): how many times it came back.
     delivery_count: int | None
     headers: Mapping[str, Any] = field(default_factory=dict)
+    # The broker user that published it: RabbitMQ refuses a `user_id` that is not the connection's user.
+    user_id: str | None = None
 
     @classmethod
     def from_pika(cls, method: Any, properties: Any, body: bytes) -> Delivery:
@@ -35,4 +37,5 @@ class Delivery:
             redelivered=bool(method.redelivered),
             delivery_count=count if isinstance(count, int) else None,
             headers=headers,
+            user_id=properties.user_id,
         )

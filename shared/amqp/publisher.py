@@ -65,6 +65,8 @@ class Publisher:
             content_type=CONTENT_TYPE,
             message_id=message_id,
             headers=dict(headers) if headers else None,
+            # Validated by the broker, so consumers can tell which broker user published (see user_id).
+            user_id=getattr(self._params.credentials, "username", None),
         )
         with self._lock:
             if self._closed:
