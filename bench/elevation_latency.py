@@ -21,14 +21,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import pika
-import sqlalchemy as sa
 
+from bench.scratch import scratch_database
 from shared.amqp.publisher import Publisher
 from shared.db.engine import make_engine, session_factory
 from shared.db.migrate import upgrade
@@ -40,22 +39,6 @@ from tests.factories import ADMINISTRATORS, PASSWORD_ENV, HostSpec, make_request
 from winrm_sim import SimulatedHost
 
 PASSWORD = "Bench-Pa55word!"
-
-
-def scratch_postgres(admin_url: str) -> tuple[str, str]:
-    name = f"jit_bench_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    admin.dispose()
-    return sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False), name
-
-
-def drop_postgres(admin_url: str, name: str) -> None:
-    admin = make_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -145,21 +128,16 @@ def main() -> None:
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     args = parser.parse_args()
     name = f"bench{uuid.uuid4().hex[:8]}"
-    scratch = None
-    with tempfile.TemporaryDirectory() as tmp, SimulatedHost(users={"svc-jit": PASSWORD}) as sim:
-        if args.db == "sqlite":
-            url = f"sqlite:///{tmp}/jit.db"
-        else:
-            url, scratch = scratch_postgres(args.postgres_url)
-        try:
+    url, drop_database = scratch_database("sqlite" if args.db == "sqlite" else "postgres", args.postgres_url)
+    try:
+        with SimulatedHost(users={"svc-jit": PASSWORD}) as sim:
             upgrade(url)
             settings = Settings(amqp_url=args.amqp_url, database_url=url, exchange=f"{name}.events",
                                 queue_prefix=name)
             latencies = measure(settings, args.requests, sim)
             baseline = raw_baseline(sim, args.requests)
-        finally:
-            if scratch:
-                drop_postgres(args.postgres_url, scratch)
+    finally:
+        drop_database()
     ms = [x * 1000 for x in latencies]
     raw = statistics.median(baseline) * 1000
     print(f"{args.db}: {len(ms)} elevations, approved -> elevated: median {statistics.median(ms):.1f} ms, "

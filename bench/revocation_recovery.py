@@ -4,8 +4,8 @@
 goes down for 60 s; the 100 check-ins are published while it is down; a real `jit-reaper` process
 revokes. Prints how long after the host returned the last request was REVOKED, with the settings used.
 
-    PYTHONPATH=. .venv/bin/python bench/revocation_recovery.py                        # PostgreSQL, 60 s outage
-    PYTHONPATH=. .venv/bin/python bench/revocation_recovery.py --engine sqlite --outage 10 --retry-max 5
+    .venv/bin/python -m bench.revocation_recovery                        # PostgreSQL, 60 s outage
+    .venv/bin/python -m bench.revocation_recovery --engine sqlite --outage 10 --retry-max 5
 Needs RabbitMQ (JIT_AMQP_URL or the local default) and, for PostgreSQL, the local server (trust).
 Uses its own exchange, queue names and database, and removes them afterwards.
 """
@@ -23,9 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pika
-import sqlalchemy as sa
 from sqlalchemy import func, select
 
+from bench.scratch import scratch_database
 from services.reaper.handlers import ROUTING_KEYS
 from shared.amqp.publisher import Publisher
 from shared.amqp.topology import declare_topology
@@ -60,16 +60,8 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1)
     args = parser.parse_args()
 
-    tmp = tempfile.TemporaryDirectory(prefix="jit-bench-")
-    admin = None
-    if args.engine == "sqlite":
-        url = f"sqlite:///{Path(tmp.name) / 'bench.db'}"
-    else:
-        dbname = f"jit_bench_{uuid.uuid4().hex[:8]}"
-        admin = make_engine(args.server, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{dbname}"')
-        url = sa.make_url(args.server).set(database=dbname).render_as_string(hide_password=False)
+    url, drop_database = scratch_database(args.engine, args.server)
+    logs = tempfile.TemporaryDirectory(prefix="jit-bench-")
     name = f"bench{uuid.uuid4().hex[:6]}"
     settings = Settings(amqp_url=args.amqp, database_url=url, exchange=f"{name}.events", queue_prefix=name,
                         retry_max_seconds=args.retry_max)
@@ -87,7 +79,7 @@ def main() -> None:
                                     checkout_id=f"co-{i}").id)
         with pika.BlockingConnection(pika.URLParameters(args.amqp)) as conn:
             declare_topology(conn.channel(), settings, "reaper", ROUTING_KEYS)
-        log = (Path(tmp.name) / "reaper.log").open("wb")
+        log = (Path(logs.name) / "reaper.log").open("wb")
         reaper = str(Path(sys.executable).with_name("jit-reaper"))
         procs = [subprocess.Popen([reaper], env=environment(settings), stdout=log, stderr=subprocess.STDOUT)
                  for _ in range(args.replicas)]
@@ -110,6 +102,7 @@ def main() -> None:
                 break
             time.sleep(0.2)
         assert done == len(ids), f"only {done}/{len(ids)} revoked; log: {log.name}"
+        assert last is not None
         lag = last.timestamp() - back
         left = sim.members(ADMINISTRATORS)
         print(f"engine={args.engine} requests={args.requests} replicas={args.replicas} outage={args.outage:.0f} s "
@@ -128,11 +121,8 @@ def main() -> None:
             proc.wait(30)
         sim.close()
         delete_all(settings)
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-            admin.dispose()
-        tmp.cleanup()
+        drop_database()
+        logs.cleanup()
 
 
 if __name__ == "__main__":

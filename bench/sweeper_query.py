@@ -7,8 +7,8 @@ revocations due, lost elevations) as the sweeper issues them:
   C. 1,000,000 terminal rows, 100 rows due (each kind)
 and prints each median time and the ratios B/A and C/A, plus the query plans (index used).
 
-    .venv/bin/python bench/sweeper_query.py                    # PostgreSQL on 127.0.0.1 (trust auth)
-    .venv/bin/python bench/sweeper_query.py --engine sqlite    # a temporary SQLite file
+    .venv/bin/python -m bench.sweeper_query                    # PostgreSQL on 127.0.0.1 (trust auth)
+    .venv/bin/python -m bench.sweeper_query --engine sqlite    # a temporary SQLite file
 It creates and drops its own database (PostgreSQL) or file (SQLite).
 """
 
@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from bench.scratch import scratch_database
 from services.reaper.revocation import due_revocations_query
 from services.reaper.sweeper import BATCH, due_expiries_query, lost_elevations_query
 from shared.db.engine import make_engine
@@ -128,16 +126,7 @@ def main() -> None:
     parser.add_argument("--due", type=int, default=100)
     parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()
-    tmp = tempfile.TemporaryDirectory(prefix="jit-bench-")
-    admin = None
-    if args.engine == "sqlite":
-        url = f"sqlite:///{Path(tmp.name) / 'bench.db'}"
-    else:
-        name = f"jit_bench_{uuid.uuid4().hex[:8]}"
-        admin = make_engine(args.server, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        url = sa.make_url(args.server).set(database=name).render_as_string(hide_password=False)
+    url, drop_database = scratch_database(args.engine, args.server)
     try:
         upgrade(url)
         engine = make_engine(url)
@@ -163,11 +152,7 @@ def main() -> None:
             print(f"  plan {name}:\n    {plan}")
         engine.dispose()
     finally:
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.dispose()
-        tmp.cleanup()
+        drop_database()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Round-trip time of one MembershipClient.add_member (its add shell + its verifying is_member shell)
 against an in-process jit-winrm-sim on loopback: Basic over HTTP and NTLM (encrypted) over HTTP.
 
-    .venv/bin/python bench/winrm_roundtrip.py [runs]     # prints the median in ms per transport
+    .venv/bin/python -m bench.winrm_roundtrip [runs]     # prints the median in ms per transport
 """
 
 from __future__ import annotations
