@@ -74,31 +74,25 @@ def play(driver: Driver, stories: list[Story], wait: Wait, note: Callable[[str],
          db_host_index: int) -> None:
     approved, denied, expires, host_down = stories
 
-    note(f"story 1: {approved.title}")
-    driver.request(approved)
-    wait(approved.request_id, "PENDING", 15)
-    driver.decide(approved, "approve")
+    def requested_and_decided(story: Story, decision: str, reason: str | None = None) -> None:
+        note(f"story {stories.index(story) + 1}: {story.title}")
+        driver.request(story)
+        wait(story.request_id, "PENDING", 15)
+        driver.decide(story, decision, reason)
+
+    requested_and_decided(approved, "approve")
     wait(approved.request_id, "ELEVATED", 30)
     driver.check_in(approved, "service_closed")
     wait(approved.request_id, "REVOKED", 30)
 
-    note(f"story 2: {denied.title}")
-    driver.request(denied)
-    wait(denied.request_id, "PENDING", 15)
-    driver.decide(denied, "deny", "no change ticket")
+    requested_and_decided(denied, "deny", "no change ticket")
     wait(denied.request_id, "DENIED", 15)
 
-    note(f"story 3: {expires.title}")
-    driver.request(expires)
-    wait(expires.request_id, "PENDING", 15)
-    driver.decide(expires, "approve")
+    requested_and_decided(expires, "approve")
     wait(expires.request_id, "ELEVATED", 30)
     wait(expires.request_id, "REVOKED", 60)
 
-    note(f"story 4: {host_down.title}")
-    driver.request(host_down)
-    wait(host_down.request_id, "PENDING", 15)
-    driver.decide(host_down, "approve")
+    requested_and_decided(host_down, "approve")
     wait(host_down.request_id, "ELEVATED", 30)
     driver.control(f"hosts/{db_host_index}/down", {"seconds": 8})
     note(f"host {host_down.host} is down for 8 s; the user checks in now")
