@@ -15,6 +15,7 @@ that is gone for good stays listed as stalled; see docs/reaper.md).
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -97,6 +98,9 @@ def force(settings: Settings, request_id: str, operator: str, reason: str, port:
         with transaction(factory) as session:
             fresh = load(session, request_id)
             assert fresh is not None
+            if fresh.add_deadline is not None and fresh.add_deadline > datetime.now(UTC):
+                raise CliError(f"an elevator's add for {request_id} may still land until "
+                               f"{fresh.add_deadline.isoformat()}; nothing was marked, try again after it")
             try:
                 plan = make_plan(session, fresh)
             except TargetError as exc:

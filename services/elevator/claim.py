@@ -80,7 +80,8 @@ def claim(session: Session, request_id: str, event_id: str, now: datetime, setti
         # the reaper's sweeper takes an ELEVATING row back only once it has expired.
         lease = now + timedelta(seconds=settings.lease_seconds + budget)
         started = transition(session, request, Trigger.START_ELEVATION, now=now, cause=Cause(ACTOR, event_id),
-                             values={"lease_until": lease}, details={"retry_budget_seconds": round(budget, 3)})
+                             values={"lease_until": lease, "add_deadline": lease},
+                             details={"retry_budget_seconds": round(budget, 3)})
         if started is not None:
             return _claimed(session, request, expires_at, budget)
         reason = "lost the race: the request changed while being claimed"

@@ -50,7 +50,7 @@ def record(session: Session, claim: Claim, outcome: Outcome, *, now: datetime, e
 def _elevated(session: Session, request: Request, claim: Claim, outcome: Outcome, now: datetime,
               cause: Cause) -> bool:
     details = {"changed": outcome.changed, "pre_existing": outcome.pre_existing, "holders": list(outcome.holders)}
-    values = {"elevated_at": now, "pre_existing": outcome.pre_existing, "lease_until": None}
+    values = {"elevated_at": now, "pre_existing": outcome.pre_existing, "lease_until": None, "add_deadline": None}
     if transition(session, request, Trigger.ELEVATION_SUCCEEDED, now=now, cause=cause, values=values,
                   details=details) is None:
         return False
@@ -67,7 +67,7 @@ def _elevated(session: Session, request: Request, claim: Claim, outcome: Outcome
 
 def _failed(session: Session, request: Request, error: str, now: datetime, cause: Cause) -> bool:
     values = {"failed": True, "error": error, "last_error": error, "revoking_since": now, "next_attempt_at": now,
-              "lease_until": None}
+              "lease_until": None, "add_deadline": None}
     if transition(session, request, Trigger.ELEVATION_FAILED, now=now, cause=cause, values=values) is None:
         return False
     outbox.enqueue(session, new_event("elevation.failed", ElevationFailed(request_id=request.id, error=error[:2000]),
@@ -79,9 +79,10 @@ def _failed(session: Session, request: Request, error: str, now: datetime, cause
 def _superseded(session: Session, request: Request, outcome: Outcome, now: datetime, event_id: str) -> Recorded:
     state = State(request.state)
     if state is State.REVOKING:
-        # Our add may have landed after the reaper's removal: make the reaper look again now.
+        # Our add may have landed after the reaper's removal: our add is over, so let the reaper look again
+        # now and confirm what it then finds.
         session.execute(update(Request).where(Request.id == request.id, Request.state == State.REVOKING.value)
-                        .values(next_attempt_at=now).execution_options(synchronize_session=False))
+                        .values(next_attempt_at=now, add_deadline=None).execution_options(synchronize_session=False))
     audit.record(session, at=now, action="elevation.superseded", actor=ACTOR, request_id=request.id,
                  from_state=state.value, event_id=event_id,
                  reason=f"request became {state.value} while the add was in flight",

@@ -189,6 +189,14 @@ class Revoker:
                 log.info("revocation.already_done")
                 return False
             attempts = request.attempts + tries
+            if request.add_deadline is not None and request.add_deadline > now:
+                # The elevator's add may still land after this removal: look again once it has returned
+                # (it clears add_deadline and sets next_attempt_at), or at its deadline at the latest.
+                session.execute(update(Request).where(Request.id == request.id).values(
+                    attempts=attempts, lease_until=None, next_attempt_at=request.add_deadline)
+                    .execution_options(synchronize_session=False))
+                log.info("revocation.awaiting_elevator", add_deadline=request.add_deadline.isoformat())
+                return False
             details: dict[str, Any] = {"host_said": "removed" if outcome.removed else "not a member",
                                        "attempts": attempts, "sessions": outcome.sessions}
             if plan.keep is not None:

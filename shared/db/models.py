@@ -178,6 +178,9 @@ class Request(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
     lease_until: Mapped[datetime | None]
+    # Until then an add-member call of the elevator may still land on the host; the reaper does not
+    # confirm a removal before it (the elevator clears it when its add has returned).
+    add_deadline: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     revoking_since: Mapped[datetime | None]
     stalled_at: Mapped[datetime | None]

@@ -186,3 +186,23 @@ def test_a_removal_that_keeps_failing_stays_revoking_with_a_durable_retry(
     row = request(factory, rid)
     assert row.state == State.REVOKED.value and fake.members(HOST, ADMINS) == set()
     assert outbox(factory, "elevation.revoked")[0]["attempts"] == row.attempts > 2
+
+
+def test_a_removal_is_not_confirmed_while_the_elevators_add_may_still_land(
+        reaper: InProcessReaper, factory: sessionmaker[Session], fake: FakeWinRM) -> None:
+    # A check-in while the elevator's add is in flight: the reaper removes, but the add may land after.
+    deadline = datetime.now(UTC) + timedelta(seconds=120)
+    row = make_request(factory, secret_id="sec-0-0", host=HOST, state=State.ELEVATING, checkout_id="co-race",
+                       lease_until=deadline, add_deadline=deadline)
+    reaper.deliver("secret.checked_in", checkout_id="co-race", secret_id="sec-0-0", reason="service_closed")
+    waiting = request(factory, row.id)
+    assert waiting.state == State.REVOKING.value and waiting.next_attempt_at == deadline
+    assert outbox(factory, "elevation.revoked") == []
+    fake.seed(HOST, ADMINS, row.account or "")  # the add lands after the reaper's removal
+
+    # The elevator's add returns, loses the race (the row is REVOKING) and hands the row back at once.
+    set_values(factory, row.id, add_deadline=None, next_attempt_at=datetime.now(UTC))
+    reaper.sweep()
+    assert request(factory, row.id).state == State.REVOKED.value
+    assert fake.members(HOST, ADMINS) == set(), "the late add was left on the host"
+    assert len(outbox(factory, "elevation.revoked")) == 1

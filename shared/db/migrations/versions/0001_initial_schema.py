@@ -104,6 +104,7 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('add_deadline', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('revoking_since', sa.DateTime(timezone=True), nullable=True),
     sa.Column('stalled_at', sa.DateTime(timezone=True), nullable=True),
