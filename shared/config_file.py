@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.rules import KNOWN_PERMISSIONS
 from shared.winrm.errors import InvalidNameError
-from shared.winrm.names import validate_group, validate_member
+from shared.winrm.names import member_name, validate_group, validate_member
 
 Id = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@\-]*$")
 
@@ -102,7 +102,7 @@ class SecretSpec(Strict):
 
     @model_validator(mode="after")
     def _valid_member(self) -> SecretSpec:
-        member = f"{self.domain}\\{self.account}" if self.domain else self.account
+        member = member_name(self.account, self.domain)
         try:
             validate_member(member)
         except InvalidNameError as exc:

@@ -16,12 +16,12 @@ from services.approval.effects import approve, lock_request, record_denied
 from shared.db import audit
 from shared.db.facts import request_facts, task_of
 from shared.db.models import Request, Secret
-from shared.db.targets import member_name
 from shared.db.transitions import Cause
 from shared.events import ElevationRequested, Event
 from shared.logs import get_logger
 from shared.rules import NOT_REQUIRED_POLICY, POLICY, Outcome, decide_request
 from shared.states import State
+from shared.winrm.names import member_name
 
 log = get_logger()
 ACTIVE_CHECKOUT = "this checkout already has an active request"

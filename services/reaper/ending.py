@@ -97,12 +97,8 @@ def on_expired(session: Session, event: Event, now: datetime, *, tolerance: time
     claim is honoured, but logged: the database's bounds are the truth."""
     data = event.data
     assert isinstance(data, ElevationExpired)
-    if not inbox.first_time(session, CONSUMER, event.id, now):
-        log.info("event.duplicate")
-        return []
-    request = load(session, data.request_id)
+    request = _first_delivery(session, event, data.request_id, now, unknown="expiry.unknown_request")
     if request is None:
-        log.warning("expiry.unknown_request")
         return []
     if request.expires_at is not None and request.expires_at > now + tolerance:
         log.warning("expiry.early", expires_at=request.expires_at.isoformat())
@@ -115,15 +111,22 @@ def on_revoke_requested(session: Session, event: Event, now: datetime) -> list[s
     """Handle `elevation.revoke_requested`: an operator ends the elevation; audited with who and why."""
     data = event.data
     assert isinstance(data, ElevationRevokeRequested)
-    if not inbox.first_time(session, CONSUMER, event.id, now):
-        log.info("event.duplicate")
-        return []
-    request = load(session, data.request_id)
+    request = _first_delivery(session, event, data.request_id, now, unknown="revoke.unknown_request")
     if request is None:
-        log.warning("revoke.unknown_request")
         return []
     new = end_request(session, request, now=now, end_trigger="operator",
                       cause=Cause(actor=data.operator_id, event_id=event.id, reason=data.reason))
     if new is None:
         log.info("revoke.not_active", state=request.state)
     return [request.id] if new is State.REVOKING else []
+
+
+def _first_delivery(session: Session, event: Event, request_id: str, now: datetime, *, unknown: str) -> Request | None:
+    """The request an event names, or None for a duplicate delivery (inbox) or an unknown request (logged)."""
+    if not inbox.first_time(session, CONSUMER, event.id, now):
+        log.info("event.duplicate")
+        return None
+    request = load(session, request_id)
+    if request is None:
+        log.warning(unknown)
+    return request

@@ -16,6 +16,7 @@ from shared.credentials import CredentialError, resolve_password
 from shared.db.models import CredentialProvider, Host, Request, Secret, Task
 from shared.states import HOLDS_MEMBERSHIP
 from shared.winrm import Credentials, HostEndpoint
+from shared.winrm.names import member_name
 
 
 class TargetError(Exception):
@@ -39,10 +40,6 @@ class Target:
         except CredentialError as exc:
             raise TargetError(str(exc)) from None
         return Credentials(username=self.username, password=password)
-
-
-def member_name(account: str, domain: str | None) -> str:
-    return f"{domain}\\{account}" if domain else account
 
 
 def target_for(session: Session, request: Request) -> Target:

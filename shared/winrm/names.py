@@ -48,6 +48,11 @@ def _check_chars(value: str, what: str) -> None:
         raise _refuse(what, "only dots and spaces")
 
 
+def member_name(account: str, domain: str | None) -> str:
+    """How Windows names the member: `DOMAIN\\account` for a domain account, the bare name for a local one."""
+    return f"{domain}\\{account}" if domain else account
+
+
 def validate_member(member: str) -> str:
     """Return ``member`` unchanged if it is ``DOMAIN\\account`` or a bare ``account``; else raise."""
     if not isinstance(member, str) or not member:
