@@ -131,9 +131,12 @@ class Task(Base):
     approval_window_seconds: Mapped[int] = mapped_column(Integer)
     removal_policy: Mapped[str] = mapped_column(String(32))
     on_revoke: Mapped[str] = mapped_column(String(16), default="report")
+    # What the reconciler does with a member of the group that no grant explains: report it, or remove it.
+    drift: Mapped[str] = mapped_column(String(8), default="report", server_default="report")
     __table_args__ = (
         CheckConstraint("approval_window_seconds > 0", name="window_positive"),
         CheckConstraint("on_revoke IN ('report', 'logoff')", name="on_revoke"),
+        CheckConstraint("drift IN ('report', 'remove')", name="drift"),
     )
 
 
@@ -181,6 +184,11 @@ class Request(Base):
     # Until then an add-member call of the elevator may still land on the host; the reaper does not
     # confirm a removal before it (the elevator clears it when its add has returned).
     add_deadline: Mapped[datetime | None]
+    # The grant's identity on the host, resolved before its first add, and what it needs to end even if
+    # the configuration changes later (endpoint, credential-provider reference, on_revoke): see ledger.py.
+    account_sid: Mapped[str | None] = mapped_column(String(184))
+    group_sid: Mapped[str | None] = mapped_column(String(184))
+    target: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     last_error: Mapped[str | None] = mapped_column(Text)
     revoking_since: Mapped[datetime | None]
     stalled_at: Mapped[datetime | None]
@@ -201,6 +209,79 @@ class Request(Base):
               postgresql_where=text("state = 'ELEVATING'"), sqlite_where=text("state = 'ELEVATING'")),
         Index("ix_requests_membership", "host", "account", "group"),
     )
+
+
+class Membership(Base):
+    """The ledger: one (host, group SID, account SID) we have granted, and who holds it.
+
+    `baseline` says whether the account was a member before our first add (yes / no / unknown);
+    `ours` whether an add of ours may be in place (set before an add is sent, cleared only by a removal
+    confirmed when no add can still land). Removed exactly when no grant holds it and baseline != yes.
+    """
+
+    __tablename__ = "memberships"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    host: Mapped[str] = mapped_column(String(255))
+    group_sid: Mapped[str] = mapped_column(String(184))
+    account_sid: Mapped[str] = mapped_column(String(184))
+    account: Mapped[str] = mapped_column(String(512))  # the name last seen, for people; never used to act
+    baseline: Mapped[str] = mapped_column(String(8))
+    ours: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    __table_args__ = (
+        UniqueConstraint("host", "group_sid", "account_sid"),
+        CheckConstraint("baseline IN ('yes', 'no', 'unknown')", name="baseline"),
+    )
+
+
+class Hold(Base):
+    """A grant's claim on a membership: held from the intent to add until the grant ends.
+
+    `add_until`: an add of this grant may land on the host until then (null once the add returned).
+    `decides_baseline`: nothing of ours was in place when the grant took hold, so its first look at the
+    host tells the membership's baseline.
+    """
+
+    __tablename__ = "holds"
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    membership_id: Mapped[int] = mapped_column(ForeignKey("memberships.id"), index=True)
+    held: Mapped[bool] = mapped_column(Boolean, default=True)
+    add_until: Mapped[datetime | None]
+    decides_baseline: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    released_at: Mapped[datetime | None]
+
+
+class ReconcileTarget(Base):
+    """One (host, group) the reconciler watches: when it is due, who holds it, how to reach it."""
+
+    __tablename__ = "reconcile_targets"
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    group_sid: Mapped[str] = mapped_column(String(184), primary_key=True)
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)  # endpoint and credential-provider reference
+    next_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    baselined_at: Mapped[datetime | None]  # first listing: the members then are the standing ones
+    last_run_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (Index("ix_reconcile_targets_next_at", "next_at"),)
+
+
+class Drift(Base):
+    """A member of a watched group that no grant and no baseline explains (while it stays: resolved_at null)."""
+
+    __tablename__ = "drift"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    host: Mapped[str] = mapped_column(String(255))
+    group_sid: Mapped[str] = mapped_column(String(184))
+    account_sid: Mapped[str] = mapped_column(String(184))
+    account: Mapped[str] = mapped_column(String(512))
+    action: Mapped[str] = mapped_column(String(16))  # reported | removed | remove_failed
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+    __table_args__ = (Index("ix_drift_open", "host", "group_sid", "account_sid"),)
 
 
 class CheckIn(Base):

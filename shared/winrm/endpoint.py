@@ -59,3 +59,24 @@ class LogonSession:
     account: str
     state: str
     logon_time: str | None
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One member of a local group as the host lists it. ``object_class``: "User", "Group" or "" (unknown)."""
+
+    sid: str
+    name: str
+    object_class: str = "User"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a host said about an account and a group: the SIDs, the account's class and current name,
+    and whether the account's SID is in the group right now."""
+
+    account_sid: str
+    account_name: str
+    object_class: str
+    group_sid: str
+    member: bool
