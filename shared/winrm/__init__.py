@@ -1,11 +1,12 @@
-"""WinRM adapter: add/remove local group members and manage logon sessions on Windows hosts.
+"""WinRM adapter: resolve accounts to SIDs, add/remove local group members by SID, and manage logon
+sessions on Windows hosts.
 
 ``WinRMPort`` is what the daemons depend on; ``MembershipClient`` is the real adapter (pywinrm),
 ``FakeWinRM`` the in-memory fake for unit tests. See docs/winrm.md.
 """
 
 from .client import MembershipClient
-from .endpoint import Credentials, HostEndpoint, LogonSession
+from .endpoint import Credentials, GroupMember, HostEndpoint, LogonSession, Resolved
 from .errors import (
     AccessDeniedError,
     AuthenticationError,
@@ -25,6 +26,7 @@ __all__ = [
     "AuthenticationError",
     "Credentials",
     "FakeWinRM",
+    "GroupMember",
     "GroupNotFoundError",
     "HostEndpoint",
     "InvalidNameError",
@@ -32,6 +34,7 @@ __all__ = [
     "MembershipClient",
     "PermanentWinRMError",
     "PrincipalNotFoundError",
+    "Resolved",
     "RetryableWinRMError",
     "TLSError",
     "WinRMError",

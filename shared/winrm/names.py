@@ -1,4 +1,4 @@
-"""Strict validation of the data the adapter passes to a host: member names, group ids, session ids.
+"""Strict validation of the data the adapter passes to a host: member names, SIDs, group ids, session ids.
 
 Windows forbids ``" / \\ [ ] : ; | = , + * ? < >`` and control characters in account names and caps
 the sAM name at 20 characters. We are stricter than Windows on purpose (a PAM product prefers refusing
@@ -15,6 +15,8 @@ import re
 import unicodedata
 from typing import Literal
 
+from shared.sids import account_refusal, is_sid
+
 from .errors import InvalidNameError
 
 MAX_SAM_LENGTH = 20
@@ -25,6 +27,8 @@ _ALLOWED_ASCII_PUNCT = frozenset(" !#$%&'()-.^_{}~")
 _DOMAIN_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,13}[A-Za-z0-9_-])?$")
 _SID_RE = re.compile(r"^S-1-5(?:-[0-9]{1,10}){1,14}$")
 _SESSION_RE = re.compile(r"^[0-9]{1,5}$")
+# A local group: BUILTIN (S-1-5-32-<RID>) or one the machine made (S-1-5-21-<machine>-<RID>).
+_GROUP_SID_RE = re.compile(r"^S-1-5-(?:32-[0-9]{1,10}|21-[0-9]{1,10}-[0-9]{1,10}-[0-9]{1,10}-[0-9]{1,10})$")
 
 GroupKind = Literal["SID", "Name"]
 
@@ -85,6 +89,29 @@ def validate_group(group: str) -> tuple[GroupKind, str]:
         raise _refuse("group", f"longer than {MAX_GROUP_NAME_LENGTH} characters")
     _check_chars(group, "group")
     return "Name", group
+
+
+def validate_group_sid(sid: str) -> str:
+    """A local group's SID (``S-1-5-32-544``, or a machine group ``S-1-5-21-m-m-m-RID``), upper-cased."""
+    if not isinstance(sid, str) or not is_sid(sid):
+        raise _refuse("group SID", "not a SID")
+    if not _GROUP_SID_RE.fullmatch(sid.upper()):
+        raise _refuse("group SID", "not the SID of a local group (S-1-5-32-RID or S-1-5-21-...-RID)")
+    return sid.upper()
+
+
+def validate_member_sid(sid: str) -> str:
+    """An account's SID (``S-1-5-21-<domain or machine>-<RID>``, not a well-known group RID), upper-cased.
+
+    Only accounts are ever added or removed, so a well-known principal (Everyone, Authenticated Users,
+    Domain Users...) never reaches a host as a member to change, whatever the caller checked before.
+    """
+    if not isinstance(sid, str) or not is_sid(sid):
+        raise _refuse("member SID", "not a SID")
+    why = account_refusal(sid, "User")
+    if why is not None:
+        raise _refuse("member SID", why)
+    return sid.upper()
 
 
 def validate_session_id(session_id: str) -> str:
