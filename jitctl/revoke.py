@@ -15,7 +15,6 @@ that is gone for good stays listed as stalled; see docs/reaper.md).
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -23,17 +22,16 @@ from sqlalchemy import select
 from jitctl.common import CliError, database, load_settings, print_json, print_table, publish
 from services.reaper.main import winrm_port
 from services.reaper.plan import make_plan
-from services.reaper.revocation import Outcome, Revoker
-from services.reaper.sessions import end_sessions
+from services.reaper.revocation import Revoker
 from shared.clock import SystemClock
 from shared.db.engine import transaction
 from shared.db.models import Request, User
-from shared.db.targets import Target, TargetError
+from shared.db.targets import TargetError
 from shared.db.transitions import Cause, load
 from shared.events import BadEvent, new_event
 from shared.settings import Settings
 from shared.states import ACTIVE, State
-from shared.winrm import Credentials, WinRMError, WinRMPort
+from shared.winrm import WinRMError, WinRMPort
 
 SOURCE = "jitctl"
 COLUMNS = ["request_id", "host", "account", "attempts", "last_error", "since", "stalled_at", "next_attempt_at"]
@@ -98,41 +96,25 @@ def force(settings: Settings, request_id: str, operator: str, reason: str, port:
         with transaction(factory) as session:
             fresh = load(session, request_id)
             assert fresh is not None
-            if fresh.add_deadline is not None and fresh.add_deadline > datetime.now(UTC):
-                raise CliError(f"an elevator's add for {request_id} may still land until "
-                               f"{fresh.add_deadline.isoformat()}; nothing was marked, try again after it")
             try:
                 plan = make_plan(session, fresh)
             except TargetError as exc:
                 raise CliError(f"cannot reach the host of {request_id}: {exc}; nothing was marked") from None
         revoker = Revoker(factory, port, settings, SystemClock())
-        outcome = Outcome()
-        host_said = plan.keep or "not a member"
-        if plan.keep is None:
-            endpoint, creds = plan.target.endpoint, _credentials(plan.target)
-            try:
-                if port.is_member(endpoint, creds, plan.group, plan.account):
-                    outcome.removed = port.remove_member(endpoint, creds, plan.group, plan.account)
-                    host_said = "removed"
-            except WinRMError as exc:
-                raise CliError(f"{plan.host} did not confirm that {plan.account} is out of {plan.group} ({exc}); "
-                               "nothing was marked and the reaper keeps retrying") from None
-            outcome.sessions, outcome.sessions_error = end_sessions(port, endpoint, creds, plan.account,
-                                                                    plan.target.on_revoke)
+        try:
+            outcome = revoker.remove_once(plan)
+        except (WinRMError, TargetError) as exc:
+            raise CliError(f"{plan.host} did not confirm that {plan.account} is out of {plan.group} ({exc}); "
+                           "nothing was marked and the reaper keeps retrying") from None
+        host_said = plan.keep or ("removed" if outcome.removed else "not a member")
         done = revoker.finish(plan, outcome, tries=1, cause=Cause(actor=operator, reason=reason),
                               extra={"forced": True, "host_said": host_said})
     if not done:
-        print(f"{request_id} had already ended meanwhile; nothing to do")
+        print(f"{request_id} was not marked: it had already ended, or an elevator's add may still land "
+              f"(see `jitctl audit --request {request_id}`)")
         return 0
     print(f"{request_id} marked {'FAILED' if plan.failed else 'REVOKED'} by {operator}: host said {host_said}")
     return 0
-
-
-def _credentials(target: Target) -> Credentials:
-    try:
-        return target.credentials()
-    except TargetError as exc:
-        raise CliError(f"cannot log on to the host: {exc}; nothing was marked") from None
 
 
 def list_revocations(settings: Settings, *, stalled: bool, as_json: bool) -> int:

@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import logs
 from shared.amqp.connection import CONNECTION_ERRORS, backoff_delay, close_quietly, connect
 from shared.amqp.consumer import Consumer, Delivery, Outcome
+from shared.amqp.deadletters import DeadLetterWatch
 from shared.amqp.publisher import Publisher
 from shared.clock import Clock, SystemClock
 from shared.db.engine import make_engine, session_factory
@@ -31,6 +33,8 @@ from shared.routes import declare_all
 from shared.settings import Settings
 
 log = logs.get_logger()
+# The database is down or restarting: the same transaction will work once it is back.
+TRANSIENT_DATABASE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError)
 
 
 class Retry(Exception):
@@ -101,15 +105,30 @@ class Runtime:
             with logs.bound(event_id=event.id, event_type=event.type, request_id=getattr(data, "request_id", None),
                             checkout_id=getattr(data, "checkout_id", None), host=getattr(data, "host", None)):
                 try:
-                    process(event)
-                except Retry as exc:
-                    log.warning("event.requeued", reason=str(exc))
-                    return Outcome.REQUEUE
+                    return self._process_with_backoff(process, event)
                 finally:
                     self.relay.wake()
-            return Outcome.ACK
 
         return handle
+
+    def _process_with_backoff(self, process: Callable[[Event], None], event: Event) -> Outcome:
+        """Run `process`; while the database is unreachable, retry here with backoff instead of requeueing
+        at once, which would burn the queue's delivery limit in seconds and dead-letter a check-in."""
+        failures = 0
+        while True:
+            try:
+                process(event)
+                return Outcome.ACK
+            except Retry as exc:
+                log.warning("event.requeued", reason=str(exc))
+                return Outcome.REQUEUE
+            except TRANSIENT_DATABASE_ERRORS as exc:
+                delay = backoff_delay(failures)
+                failures += 1
+                log.warning("event.retrying", reason="database unavailable", error=str(exc).splitlines()[0][:300],
+                            failures=failures, retry_in_seconds=round(delay, 2))
+                if self.stopping.wait(delay):
+                    return Outcome.REQUEUE  # stopping: the broker redelivers it (one delivery used)
 
     def _declare_topology(self, attempts: int = 30) -> None:
         """Declare every queue before the relay publishes; wait for a broker that is still starting."""
@@ -130,9 +149,12 @@ class Runtime:
         `serve` runs it on the main thread; tests run it on a thread of theirs. On exit everything
         stops: the contract's 30 s are mostly the consumer's drain, so the jobs get 2 s.
         """
-        consumer = Consumer(self.settings, self.name, routing_keys, self.handler(routing_keys, process))
+        consumer = Consumer(self.settings, self.name, routing_keys, self.handler(routing_keys, process),
+                            stopping=self.stopping)
         self._declare_topology()
         self.relay.start()
+        watch = DeadLetterWatch(self.settings, self.name)
+        periodic = [*periodic, Periodic("deadletters", self.settings.dead_letter_check_seconds, watch)]
         for job in periodic:
             job.start(self.stopping)
         log.info("daemon.started", daemon=self.name, queue=self.settings.queue(self.name),

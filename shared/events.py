@@ -152,6 +152,17 @@ class ElevationRevocationStalled(EventData):
     since: Timestamp
 
 
+class MembershipDrift(EventData):
+    """A member of a watched group that no grant and no baseline explains (found by the reconciler)."""
+
+    host: str
+    group_sid: str
+    account_sid: str
+    account: str
+    action: Literal["reported", "removed", "remove_failed"]
+    first_seen: Timestamp
+
+
 DATA_MODELS: dict[str, type[EventData]] = {
     "elevation.requested": ElevationRequested,
     "elevation.decided": ElevationDecided,
@@ -165,6 +176,7 @@ DATA_MODELS: dict[str, type[EventData]] = {
     "elevation.revoke_requested": ElevationRevokeRequested,
     "elevation.revoked": ElevationRevoked,
     "elevation.revocation_stalled": ElevationRevocationStalled,
+    "membership.drift": MembershipDrift,
 }
 EVENT_TYPES = tuple(DATA_MODELS)
 

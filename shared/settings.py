@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     elevation_margin_seconds: float = Field(
         5.0, ge=0, description="jit-elevator: stop retrying this long before the elevation window ends")
     shutdown_grace_seconds: float = Field(25.0, gt=0)
+    dead_letter_check_seconds: float = Field(
+        60.0, gt=0, description="how often each daemon counts its dead-letter queue (an error line while not empty)")
+    reconcile_interval_seconds: float = Field(
+        300.0, gt=0, description="jit-reaper: how often the reconciler lists each watched host's group by SID and "
+                                 "converges it to the ledger (sooner after an ambiguous outcome)")
 
     def allowed_publishers(self, event_type: str) -> frozenset[str] | None:
         """Broker users allowed to publish `event_type`, or None when any user may."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from shared import logs
@@ -38,9 +39,9 @@ class Claim:
     group: str
     expires_at: datetime
     budget: float  # seconds of in-process retrying allowed
+    add_until: datetime  # no add of this grant may land after this (its lease; the reaper relies on it)
     target: Target | None  # None when the configuration no longer reaches the host (see `error`)
     error: str | None = None
-
 
 
 def retry_budget(settings: Settings, now: datetime, expires_at: datetime) -> float:
@@ -78,12 +79,13 @@ def claim(session: Session, request_id: str, event_id: str, now: datetime, setti
         budget = retry_budget(settings, now, expires_at)
         # The lease covers the retry budget plus one last attempt (lease_seconds >= winrm_deadline_seconds):
         # the reaper's sweeper takes an ELEVATING row back only once it has expired.
+        # Every add of this grant is sent early enough to have returned by then (see membership.py).
         lease = now + timedelta(seconds=settings.lease_seconds + budget)
         started = transition(session, request, Trigger.START_ELEVATION, now=now, cause=Cause(ACTOR, event_id),
-                             values={"lease_until": lease, "add_deadline": lease},
+                             values={"lease_until": lease},
                              details={"retry_budget_seconds": round(budget, 3)})
         if started is not None:
-            return _claimed(session, request, expires_at, budget)
+            return _claimed(session, request, expires_at, budget, lease)
         reason = "lost the race: the request changed while being claimed"
     audit.record(session, at=now, action="elevation.refused", actor=ACTOR, request_id=request.id,
                  from_state=request.state, event_id=event_id, reason=reason)
@@ -91,16 +93,20 @@ def claim(session: Session, request_id: str, event_id: str, now: datetime, setti
     return None
 
 
-def _claimed(session: Session, request: Request, expires_at: datetime, budget: float) -> Claim:
+def _claimed(session: Session, request: Request, expires_at: datetime, budget: float, lease: datetime) -> Claim:
     target: Target | None = None
     error = None
     try:
         target = target_for(session, request)
     except TargetError as exc:
         error = f"cannot reach host {request.host} to add {request.account}: {exc}"
+    else:
+        # The grant keeps how to reach its host, so it can be ended whatever the configuration becomes.
+        session.execute(update(Request).where(Request.id == request.id).values(target=target.snapshot())
+                        .execution_options(synchronize_session=False))
     return Claim(
         request_id=request.id, checkout_id=request.checkout_id, secret_id=request.secret_id, host=request.host,
         account=target.account if target else (request.account or ""),
         group=target.group if target else (request.group or ""),
-        expires_at=expires_at, budget=budget, target=target, error=error,
+        expires_at=expires_at, budget=budget, add_until=lease, target=target, error=error,
     )

@@ -1,13 +1,14 @@
-"""The elevator's event handler: claim, do the host work, record; compensate if a check-in overtook us.
+"""The elevator's event handler: claim, do the host work, record.
 
 Load -> decide -> persist -> hand effects to ports, with the WinRM port injected. Nothing here runs
-WinRM inside a transaction: claim commits before the first call, record opens after the last.
+WinRM inside a transaction: claim commits before the first call, the hold is a short transaction of its
+own between resolving and adding, and record opens after the last call.
 
-Compensation: a check-in or expiry may move the row ELEVATING -> REVOKING while our add is in
-flight, and the reaper may even remove the account and finish (REVOKED) before our add lands on
-the host. So when our final compare-and-set loses after an add was sent, we remove the account
-ourselves (unless another active request of ours holds the same membership), verified by the
-adapter, and audit `elevation.compensated`. A still-REVOKING row is also re-queued for the reaper.
+A check-in or expiry may end the request while our add is in flight. The ledger makes that safe
+without any compensation here: the hold was durable before the add was sent and keeps the membership
+"ours"; the reaper does not confirm the removal while our add may still land (`add_until`), and once
+our add has returned, `record` brings the reaper's next attempt forward. A SIGKILL at any point leaves
+the same durable facts, and the reaper's sweeper and reconciler finish the job.
 """
 
 from __future__ import annotations
@@ -18,45 +19,55 @@ from typing import cast
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.elevator.claim import ACTOR, Claim, claim
+from services.elevator.claim import Claim, claim
 from services.elevator.membership import Membership, Outcome
 from services.elevator.record import record
 from shared import logs
 from shared.clock import Clock, SystemClock
-from shared.db import audit
+from shared.db import ledger
 from shared.db.engine import transaction
-from shared.db.models import Request
-from shared.db.targets import TargetError, other_holders
 from shared.db.transitions import load
 from shared.events import ElevationApproved, Event
 from shared.settings import Settings
 from shared.states import State
-from shared.winrm import WinRMError, WinRMPort
+from shared.winrm import WinRMPort
+from shared.winrm.endpoint import Resolved
 
 ROUTING_KEYS = ("elevation.approved",)
-KEEPING = frozenset({State.ELEVATING.value, State.ELEVATED.value})
 
 log = logs.get_logger()
 
 
-class RequestRows:
-    """The `RequestView` of one request, for the host work: each read is a short transaction of its own."""
+class GrantRows:
+    """The `Grant` of one claimed request: each call is a short transaction of its own."""
 
-    def __init__(self, factory: sessionmaker[Session], request_id: str) -> None:
+    def __init__(self, factory: sessionmaker[Session], claimed: Claim, clock: Clock, reconcile_in: float) -> None:
         self._factory = factory
-        self._request_id = request_id
+        self._claimed = claimed
+        self._clock = clock
+        self._reconcile_in = reconcile_in
 
-    def others(self) -> list[Request]:
+    def take_hold(self, resolved: Resolved) -> float | None:
+        claimed = self._claimed
+        assert claimed.target is not None
+        now = self._clock.now()
         with transaction(self._factory) as session:
-            request = load(session, self._request_id)
-            return [] if request is None else other_holders(session, request)
-
-    def holders(self) -> list[tuple[str, bool]]:
-        return [(other.id, other.pre_existing) for other in self.others()]
+            request = load(session, claimed.request_id)
+            if request is None:
+                return None
+            hold = ledger.take_hold(session, request, host=request.host, group_sid=resolved.group_sid,
+                                    account_sid=resolved.account_sid, account=resolved.account_name,
+                                    target=claimed.target.snapshot(), now=now, add_until=claimed.add_until,
+                                    reconcile_in=self._reconcile_in)
+        if hold is None:
+            return None
+        log.info("elevation.hold.taken", account_sid=resolved.account_sid, group_sid=resolved.group_sid,
+                 decides_baseline=hold.decides_baseline)
+        return (claimed.add_until - now).total_seconds()
 
     def still_elevating(self) -> bool:
         with transaction(self._factory) as session:
-            request = load(session, self._request_id)
+            request = load(session, self._claimed.request_id)
             return request is not None and request.state == State.ELEVATING.value
 
 
@@ -80,34 +91,10 @@ class Elevator:
             log.info("elevation.started", retry_budget_seconds=round(claimed.budget, 3))
             outcome = self._work(claimed)
             with transaction(self._factory) as session:
-                recorded = record(session, claimed, outcome, now=self._clock.now(), event_id=event.id)
-            if not recorded.won and outcome.added:
-                self._compensate(claimed, event.id)
+                record(session, claimed, outcome, now=self._clock.now(), event_id=event.id)
 
     def _work(self, claimed: Claim) -> Outcome:
         if claimed.target is None:
             return Outcome(error=claimed.error)
-        return self._membership.elevate(claimed.target, claimed.budget, RequestRows(self._factory, claimed.request_id))
-
-    def _compensate(self, claimed: Claim, event_id: str) -> None:
-        """Take the account back out of the group after a lost race (see the module docstring)."""
-        # As in the reaper's ref-count: a REVOKING holder is ending and never keeps a membership alive.
-        holders = [h.id for h in RequestRows(self._factory, claimed.request_id).others() if h.state in KEEPING]
-        removed: bool | None = None
-        error: str | None = None
-        if not holders and claimed.target is not None:
-            try:
-                removed = self._membership.remove(claimed.target, self._settings.elevation_retry_seconds)
-            except (WinRMError, TargetError) as exc:
-                error = str(exc)
-        details = {"removed": removed, "kept_for": holders, "error": error}
-        with transaction(self._factory) as session:
-            audit.record(session, at=self._clock.now(), actor=ACTOR, request_id=claimed.request_id,
-                         action="elevation.compensation_failed" if error else "elevation.compensated",
-                         event_id=event_id, details=details,
-                         reason="membership from an add that lost the race to a check-in or expiry")
-        if error is not None:
-            log.error("elevation.compensation.failed", error=error)
-        else:
-            log.info("elevation.compensated", removed=removed, kept_for=holders)
-
+        grant = GrantRows(self._factory, claimed, self._clock, self._settings.reconcile_interval_seconds)
+        return self._membership.elevate(claimed.target, claimed.budget, grant)

@@ -1,8 +1,11 @@
-"""The elevator's WinRM work, always outside any database transaction: look, then add (or not), with retries.
+"""The elevator's WinRM work, always outside any database transaction: resolve, hold, add, with retries.
 
-A membership we did not grant is not ours to take away: before adding we ask the host whether the
-account is already in the group. If it is and no other active elevation of ours explains it, the
-membership is pre-existing and we leave it alone (no add, and the reaper will not remove it).
+1. Resolve the account to its SID and the group to its SID on the host; refuse anything that is not a
+   user account (a group, Everyone, Authenticated Users, Domain Users...).
+2. Take hold of the membership in the ledger (a short transaction of its own, through `Grant`): the
+   intent to add is durable before any add is sent. If the request ended meanwhile, nothing is sent.
+3. Add by SID (already a member is success), verified by the adapter. Every attempt is sent only if it
+   can return before the grant's `add_until`, which the reaper and the sweeper rely on.
 """
 
 from __future__ import annotations
@@ -16,18 +19,21 @@ from shared import logs
 from shared.db.targets import Target, TargetError
 from shared.retrying import call, retrying
 from shared.settings import Settings
-from shared.winrm import Credentials, WinRMError, WinRMPort
+from shared.sids import account_refusal
+from shared.winrm import PermanentWinRMError, WinRMError, WinRMPort
+from shared.winrm.endpoint import Resolved
 
 T = TypeVar("T")
 
 log = logs.get_logger()
 
 
-class RequestView(Protocol):
-    """What the host work needs to know of its request, each read in a short transaction of its own."""
+class Grant(Protocol):
+    """The request as the host work sees it; each call is a short transaction of its own."""
 
-    def holders(self) -> list[tuple[str, bool]]:
-        """(id, pre_existing) of the other active requests for the same account, group and host."""
+    def take_hold(self, resolved: Resolved) -> float | None:
+        """Record the intent to add; returns the seconds left until the grant's add_until, or None if the
+        request has ended (then no add may be sent)."""
         ...
 
     def still_elevating(self) -> bool: ...
@@ -35,13 +41,14 @@ class RequestView(Protocol):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the host work came to. `added`: an add_member call was made, so the account may be a member."""
+    """What the host work came to. `added`: an add_member call was sent, so the account may be a member."""
 
     error: str | None = None
+    resolved: Resolved | None = None
+    held: bool = False
     added: bool = False
-    changed: bool = False
-    pre_existing: bool = False
-    holders: tuple[str, ...] = ()  # other active requests that explain a membership found in place
+    changed: bool | None = None  # the add's answer: True put in, False already there, None no answer
+    add_calls: int = 0
 
 
 class Membership:
@@ -51,49 +58,51 @@ class Membership:
         self._settings = settings
         self._environ = environ
         self._sleep = sleep
+        # The longest one WinRM call can take, slot wait and verification included (the adapter's bound).
+        self._call_bound = float(getattr(port, "max_call_seconds", settings.winrm_deadline_seconds + 10))
 
-    def elevate(self, target: Target, budget: float, request: RequestView) -> Outcome:
-        """Make the account a member of the group, unless it already is; never raises for host trouble.
-
-        Before each add attempt the request must still be ELEVATING: once a check-in or expiry has
-        ended it, no add is sent (not even a retry), which keeps the window for compensation small.
-        """
+    def elevate(self, target: Target, budget: float, grant: Grant) -> Outcome:
+        """Make the account a member of the group; never raises for host trouble."""
         deadline = time.monotonic() + budget
-        sent: list[bool] = []  # one entry per add_member call made: the account may be a member since
-
-        def add() -> bool | None:
-            if not request.still_elevating():
-                return None
-            sent.append(True)
-            return self._port.add_member(target.endpoint, creds, target.group, target.account)
-
+        resolved: Resolved | None = None
+        calls: list[bool] = []
+        held = False
         try:
             creds = target.credentials(self._environ)
-            if self._call(lambda: self._is_member(target, creds), deadline):
-                holders = request.holders()
-                # Only a holder whose membership we granted explains it; one that found it pre-existing doesn't.
-                pre_existing = all(was_there for _, was_there in holders)
-                if pre_existing:
-                    log.info("elevation.pre_existing", account=target.account, group=target.group)
-                return Outcome(pre_existing=pre_existing, holders=tuple(h for h, _ in holders))
+            resolved = self._call(lambda: self._port.resolve(target.endpoint, creds, target.group, target.account),
+                                  deadline)
+            refusal = account_refusal(resolved.account_sid, resolved.object_class)
+            if refusal is not None:
+                return Outcome(error=f"refused to elevate {target.account} on {target.endpoint.address}: {refusal}",
+                               resolved=resolved)
+            seconds_left = grant.take_hold(resolved)
+            if seconds_left is None:
+                log.info("elevation.add.skipped", reason="request ended before the add")
+                return Outcome(resolved=resolved)
+            held = True
+            last_send = time.monotonic() + seconds_left - self._call_bound
+            group_sid, account_sid = resolved.group_sid, resolved.account_sid
+
+            def add() -> bool | None:
+                if not grant.still_elevating():
+                    return None
+                if time.monotonic() > last_send:
+                    raise PermanentWinRMError(target.endpoint.key, "add_member",
+                                              "no time left to add before the grant's add deadline")
+                calls.append(True)
+                return self._port.add_member(target.endpoint, creds, group_sid, account_sid)
+
             changed = self._call(add, deadline)
             if changed is None:
-                log.info("elevation.add.skipped", reason="request ended before the add", adds_sent=len(sent))
-            return Outcome(added=bool(sent), changed=bool(changed))
+                log.info("elevation.add.skipped", reason="request ended before the add", adds_sent=len(calls))
+            return Outcome(resolved=resolved, held=True, added=bool(calls), changed=changed, add_calls=len(calls))
         except TargetError as exc:
-            return Outcome(error=f"add {target.account} to {target.group} on {target.endpoint.address}: {exc}")
+            return Outcome(error=f"add {target.account} to {target.group} on {target.endpoint.address}: {exc}",
+                           resolved=resolved, held=held)
         except WinRMError as exc:
             note = f" (gave up after retrying for {budget:.1f} s)" if exc.retryable else ""
-            return Outcome(error=f"{exc}{note}", added=bool(sent))
-
-    def remove(self, target: Target, budget: float) -> bool:
-        """Remove the account from the group (verified by the adapter); True if it was a member. Raises."""
-        creds = target.credentials(self._environ)
-        return self._call(lambda: self._port.remove_member(target.endpoint, creds, target.group, target.account),
-                          time.monotonic() + budget)
-
-    def _is_member(self, target: Target, creds: Credentials) -> bool:
-        return self._port.is_member(target.endpoint, creds, target.group, target.account)
+            return Outcome(error=f"{exc}{note}", resolved=resolved, held=held, added=bool(calls),
+                           add_calls=len(calls))
 
     def _call(self, fn: Callable[[], T], deadline: float) -> T:
         def on_retry(attempt: int, error: BaseException, seconds: float) -> None:

@@ -3,8 +3,10 @@
 `secret.checked_in` ends every active request of the checkout (and records the checkout so that no
 elevation starts for it later), `elevation.expired` and `elevation.revoke_requested` end one request.
 The database decides what is affected; the event only says which checkout or request to look at.
-A PENDING request becomes CANCELLED; an APPROVED, ELEVATING or ELEVATED one becomes REVOKING with
-`next_attempt_at` set, and `revocation.py` performs the removal after the commit.
+A PENDING request becomes CANCELLED; an APPROVED, ELEVATING or ELEVATED one becomes REVOKING, its
+ledger hold is released in the same transaction, and it is claimed (leased) by the caller at once when
+the caller will run the removal itself (`lease_until`), so no sweeper can claim it in between and leave
+it waiting for a lease; `revocation.py` performs the removal after the commit.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from services.reaper.policy import CONSUMER, SOURCE
 from shared import logs
-from shared.db import inbox, outbox
+from shared.db import inbox, ledger, outbox
 from shared.db.models import CheckIn, Request
 from shared.db.transitions import Cause, load, transition
 from shared.events import (
@@ -34,8 +36,12 @@ from shared.states import ACTIVE, State, Trigger
 log = logs.get_logger()
 
 
-def end_request(session: Session, request: Request, *, now: datetime, end_trigger: str, cause: Cause) -> State | None:
-    """End one active request by compare-and-set; returns its new state or None (already ended / lost a race)."""
+def end_request(session: Session, request: Request, *, now: datetime, end_trigger: str, cause: Cause,
+                lease_until: datetime | None = None) -> State | None:
+    """End one active request by compare-and-set; returns its new state or None (already ended / lost a race).
+
+    `lease_until`: the caller claims the revocation until then (it starts it right after the commit);
+    without it the revocation is due at once for any reaper's sweeper."""
     state = State(request.state)
     if state is State.PENDING:
         new = transition(session, request, Trigger.END, now=now, cause=cause,
@@ -47,13 +53,14 @@ def end_request(session: Session, request: Request, *, now: datetime, end_trigge
         return new
     if state not in (State.APPROVED, State.ELEVATING, State.ELEVATED):
         return None  # REVOKING is already being ended; terminal states have nothing left to do
-    # An ELEVATING row may have an add in flight; if it lands after our removal, the elevator's
-    # compare-and-set loses and it removes the account itself (services/elevator/handler.py).
+    # An ELEVATING row may have an add in flight: its hold's add_until keeps the reaper from confirming
+    # before that add has returned (shared/db/ledger.py).
     new = transition(session, request, Trigger.END, now=now, cause=cause, values={
-        "end_trigger": end_trigger, "revoking_since": now, "next_attempt_at": now, "lease_until": None,
-        "last_error": None, "stalled_at": None,
+        "end_trigger": end_trigger, "revoking_since": now, "next_attempt_at": lease_until or now,
+        "lease_until": lease_until, "last_error": None, "stalled_at": None,
     })
     if new is not None:
+        ledger.release(session, request.id, now)
         log.info("revocation.started", request_id=request.id, checkout_id=request.checkout_id, host=request.host,
                  trigger=end_trigger, from_state=state.value)
     return new
@@ -67,8 +74,9 @@ def record_checkin(session: Session, data: SecretCheckedIn, event_id: str, now: 
     session.execute(insert(CheckIn).values(values).on_conflict_do_nothing())
 
 
-def on_checked_in(session: Session, event: Event, now: datetime) -> list[str]:
-    """Handle `secret.checked_in`; returns the ids of requests now REVOKING (to revoke after commit)."""
+def on_checked_in(session: Session, event: Event, now: datetime, lease_until: datetime | None = None) -> list[str]:
+    """Handle `secret.checked_in`; returns the ids of requests now REVOKING (claimed until `lease_until`
+    when given, to revoke after commit)."""
     data = event.data
     assert isinstance(data, SecretCheckedIn)
     if not inbox.first_time(session, CONSUMER, event.id, now):
@@ -85,14 +93,16 @@ def on_checked_in(session: Session, event: Event, now: datetime) -> list[str]:
             log.warning("checkin.secret_mismatch", request_id=request.id, request_secret_id=request.secret_id,
                         event_secret_id=data.secret_id)
             continue
-        if end_request(session, request, now=now, end_trigger=data.reason, cause=cause) is State.REVOKING:
+        if end_request(session, request, now=now, end_trigger=data.reason, cause=cause,
+                       lease_until=lease_until) is State.REVOKING:
             revoking.append(request.id)
     if not requests:
         log.info("checkin.no_active_request")
     return revoking
 
 
-def on_expired(session: Session, event: Event, now: datetime, *, tolerance: timedelta) -> list[str]:
+def on_expired(session: Session, event: Event, now: datetime, lease_until: datetime | None = None, *,
+               tolerance: timedelta) -> list[str]:
     """Handle `elevation.expired` (ours or upstream's). Ending early is the safe direction, so an early
     claim is honoured, but logged: the database's bounds are the truth."""
     data = event.data
@@ -103,11 +113,12 @@ def on_expired(session: Session, event: Event, now: datetime, *, tolerance: time
     if request.expires_at is not None and request.expires_at > now + tolerance:
         log.warning("expiry.early", expires_at=request.expires_at.isoformat())
     cause = Cause(actor="sweeper" if event.source == SOURCE else event.source, event_id=event.id, reason=data.reason)
-    new = end_request(session, request, now=now, end_trigger=data.reason, cause=cause)
+    new = end_request(session, request, now=now, end_trigger=data.reason, cause=cause, lease_until=lease_until)
     return [request.id] if new is State.REVOKING else []
 
 
-def on_revoke_requested(session: Session, event: Event, now: datetime) -> list[str]:
+def on_revoke_requested(session: Session, event: Event, now: datetime,
+                        lease_until: datetime | None = None) -> list[str]:
     """Handle `elevation.revoke_requested`: an operator ends the elevation; audited with who and why."""
     data = event.data
     assert isinstance(data, ElevationRevokeRequested)
@@ -115,7 +126,8 @@ def on_revoke_requested(session: Session, event: Event, now: datetime) -> list[s
     if request is None:
         return []
     new = end_request(session, request, now=now, end_trigger="operator",
-                      cause=Cause(actor=data.operator_id, event_id=event.id, reason=data.reason))
+                      cause=Cause(actor=data.operator_id, event_id=event.id, reason=data.reason),
+                      lease_until=lease_until)
     if new is None:
         log.info("revoke.not_active", state=request.state)
     return [request.id] if new is State.REVOKING else []

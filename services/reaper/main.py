@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.reaper.handlers import ROUTING_KEYS, make_process
 from services.reaper.pool import RevocationPool
+from services.reaper.reconciler import Reconciler
 from services.reaper.revocation import Revoker
 from services.reaper.sweeper import Sweeper
 from shared.daemon import Periodic, Runtime, daemon_main
@@ -25,23 +26,24 @@ def winrm_port(s: Settings) -> WinRMPort:
 
 def build(runtime: Runtime, port: WinRMPort | None = None) -> int:
     settings = runtime.settings
-    revoker = Revoker(runtime.factory, port or winrm_port(settings), settings, runtime.clock, runtime.stopping)
+    port = port or winrm_port(settings)
+    revoker = Revoker(runtime.factory, port, settings, runtime.clock, runtime.stopping)
 
-    def work(request_id: str, claimed: bool) -> None:
-        if claimed:
-            revoker.work(request_id, in_process=False)  # a re-drive: the durable schedule is the retry
-        else:
-            revoker.attempt(request_id, in_process=True)
+    def work(request_id: str, in_process: bool) -> None:
+        # A re-drive (in_process=False) has the durable schedule as its retry.
+        revoker.work(request_id, in_process=in_process)
         runtime.relay.wake()
 
     pool = RevocationPool(settings.revocation_threads, work)
-    sweeper = Sweeper(runtime.factory, runtime.clock, revoker.claim_due, pool.room,
-                      lambda request_id: pool.submit(request_id, claimed=True))
-    process = make_process(runtime.factory, runtime.clock, lambda rid: pool.submit(rid, claimed=False),
-                           sweep_interval=settings.sweep_interval_seconds)
+    sweeper = Sweeper(runtime.factory, runtime.clock, revoker.claim_due, pool.room, pool.submit,
+                      revoker.lease_until)
+    process = make_process(runtime.factory, runtime.clock, lambda rid: pool.submit(rid, in_process=True),
+                           revoker.lease_until, sweep_interval=settings.sweep_interval_seconds)
+    reconciler = Reconciler(runtime.factory, port, settings, runtime.clock)
     try:
         return runtime.serve(ROUTING_KEYS, process,
-                             periodic=[Periodic("sweeper", settings.sweep_interval_seconds, sweeper)])
+                             periodic=[Periodic("sweeper", settings.sweep_interval_seconds, sweeper),
+                                       Periodic("reconciler", settings.sweep_interval_seconds, reconciler)])
     finally:
         pool.shutdown(POOL_GRACE_SECONDS)
 

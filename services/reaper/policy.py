@@ -8,16 +8,9 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
-from shared.states import State
-
 SOURCE = "jit/reaper"
 CONSUMER = "reaper"
 ELEVATOR_LOST = "elevator lost during add"
-MEMBERSHIP_PRE_EXISTING = "pre_existing"
-MEMBERSHIP_OTHER_HOLDERS = "other_holders"
-# Holders that still need the membership. A REVOKING holder is on its way out, so it never keeps
-# the account in the group (two REVOKING requests must not keep each other's membership alive).
-KEEPING_STATES = frozenset({State.ELEVATING, State.ELEVATED})
 
 
 def expiry_reason(expires_at: datetime, checkout_expires_at: datetime) -> str:

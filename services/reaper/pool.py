@@ -1,9 +1,10 @@
 """The revocation pool: threads that run claimed revocations off the consumer's workers.
 
-A message handler commits REVOKING and returns (the message is acked), then the pool performs the
-removal; in-process retries sleep here, not on a consumer thread. The pool remembers what it holds
-so the sweeper never hands it the same request twice, and tells the sweeper how much room it has,
-so a replica never claims (leases) more than it can start at once.
+A message handler commits REVOKING, claimed for this process, and returns (the message is acked), then
+the pool performs the removal; in-process retries sleep here, not on a consumer thread. Everything
+submitted is already claimed (leased) by its submitter. The pool remembers what it holds so it never
+runs one request twice at once, and tells the sweeper how much room it has, so a replica never claims
+more than it can start at once.
 
 The threads are daemon threads and `shutdown` waits a bounded time: a WinRM call still in flight at
 exit is abandoned, which is safe (the row stays REVOKING and is re-driven when its lease ends), and
@@ -37,20 +38,20 @@ class RevocationPool:
         with self._lock:
             return max(self.size - len(self._held), 0)
 
-    def submit(self, request_id: str, *, claimed: bool) -> bool:
-        """Run one revocation; `claimed` says whether the caller already holds its lease."""
+    def submit(self, request_id: str, *, in_process: bool) -> bool:
+        """Run one claimed revocation; `in_process`: retry in this process before going durable."""
         with self._lock:
             if request_id in self._held:
                 return False
             self._held.add(request_id)
-        self._queue.put((request_id, claimed))
+        self._queue.put((request_id, in_process))
         return True
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            request_id, claimed = item
+            request_id, in_process = item
             try:
-                self._work(request_id, claimed)
+                self._work(request_id, in_process)
             except Exception as exc:  # the row stays REVOKING and due after its lease: nothing is lost
                 log.error("revocation.crashed", request_id=request_id, error=str(exc), exc_info=True)
             finally:

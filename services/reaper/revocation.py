@@ -19,12 +19,12 @@ from typing import Any
 from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.reaper.plan import Plan, make_plan
+from services.reaper.plan import NOTHING_HELD, Plan, make_plan
 from services.reaper.policy import SOURCE, next_attempt, stall_due
 from services.reaper.sessions import end_sessions
 from shared import logs
 from shared.clock import Clock
-from shared.db import audit, outbox
+from shared.db import audit, ledger, outbox
 from shared.db.engine import transaction
 from shared.db.models import Request
 from shared.db.targets import TargetError
@@ -89,10 +89,13 @@ class Revoker:
             self._answered[host] = self._answered.get(host, 0) + 1
             self._answer.notify_all()
 
+    def lease_until(self, now: datetime) -> datetime:
+        """Long enough for the in-process retries plus one last attempt, so no other replica retakes the
+        row while we still work on it (a repeat would be harmless, only wasted)."""
+        return now + timedelta(seconds=self.settings.lease_seconds + self.settings.retry_in_process_seconds)
+
     def _lease(self, now: datetime) -> dict[str, Any]:
-        # Long enough for the in-process retries plus one last attempt, so no other replica retakes the
-        # row while we still work on it (a repeat would be harmless, only wasted).
-        until = now + timedelta(seconds=self.settings.lease_seconds + self.settings.retry_in_process_seconds)
+        until = self.lease_until(now)
         return {"lease_until": until, "next_attempt_at": until}
 
     def claim(self, request_id: str) -> bool:
@@ -154,15 +157,28 @@ class Revoker:
                 return
             self.finish(plan, outcome, tries=tries[0] + 1)
 
+    def remove_once(self, plan: Plan) -> Outcome:
+        """One removal attempt of `plan` (by SID, verified), without retries: raises when the host does not confirm."""
+        return self._remove(plan, False, lambda _exc: None)
+
     def _remove(self, plan: Plan, in_process: bool, failed: Any) -> Outcome:
         if plan.keep is not None:
             log.info("revocation.membership_kept", membership_kept=plan.keep, holders=plan.holders)
             return Outcome()
         creds = plan.target.credentials()
         endpoint = plan.target.endpoint
+        sids: list[tuple[str, str]] = []
 
         def remove() -> bool:
-            return self.port.remove_member(endpoint, creds, plan.group, plan.account)
+            if not sids:
+                if plan.legacy:
+                    resolved = self.port.resolve(endpoint, creds, plan.group, plan.account)
+                    sids.append((resolved.group_sid, resolved.account_sid))
+                else:
+                    assert plan.group_sid is not None and plan.account_sid is not None
+                    sids.append((plan.group_sid, plan.account_sid))
+            group_sid, account_sid = sids[0]
+            return self.port.remove_member(endpoint, creds, group_sid, account_sid)
 
         budget = self.settings.retry_in_process_seconds if in_process else 0.0
         policy = retrying(initial=self.settings.retry_initial_seconds, cap=self.settings.retry_max_seconds,
@@ -181,7 +197,8 @@ class Revoker:
     def finish(self, plan: Plan, outcome: Outcome, *, tries: int, cause: Cause | None = None,
                extra: dict[str, Any] | None = None) -> bool:
         """Record the confirmed removal (REVOKED, or FAILED for a failed elevation) with its event;
-        False when the request had already ended (another worker finished first)."""
+        False when the request had already ended (another worker finished first) or an add of ours may
+        still land on the membership (then it is looked at again once that add has returned)."""
         now = self.clock.now()
         with transaction(self.factory) as session:
             request = load(session, plan.request_id)
@@ -189,16 +206,19 @@ class Revoker:
                 log.info("revocation.already_done")
                 return False
             attempts = request.attempts + tries
-            if request.add_deadline is not None and request.add_deadline > now:
-                # The elevator's add may still land after this removal: look again once it has returned
-                # (it clears add_deadline and sets next_attempt_at), or at its deadline at the latest.
+            pending = None if plan.membership_id is None else ledger.add_in_flight_until(
+                session, plan.membership_id, now)
+            if pending is not None and plan.keep != ledger.KEPT_OTHER_HOLDERS:
+                # An add of ours may still land after this removal: look again once it has returned (the
+                # elevator then brings next_attempt_at forward), or at its bound at the latest.
                 session.execute(update(Request).where(Request.id == request.id).values(
-                    attempts=attempts, lease_until=None, next_attempt_at=request.add_deadline)
+                    attempts=attempts, lease_until=None, next_attempt_at=pending)
                     .execution_options(synchronize_session=False))
-                log.info("revocation.awaiting_elevator", add_deadline=request.add_deadline.isoformat())
+                log.info("revocation.awaiting_elevator", add_until=pending.isoformat())
                 return False
             details: dict[str, Any] = {"host_said": "removed" if outcome.removed else "not a member",
-                                       "attempts": attempts, "sessions": outcome.sessions}
+                                       "attempts": attempts, "sessions": outcome.sessions,
+                                       "account_sid": plan.account_sid, "group_sid": plan.group_sid}
             if plan.keep is not None:
                 details = {"membership_kept": plan.keep, "holders": plan.holders, "attempts": attempts}
             if outcome.sessions_error:
@@ -211,14 +231,17 @@ class Revoker:
             if new is None:
                 log.info("revocation.already_done")
                 return False
+            if plan.keep is None and plan.membership_id is not None:
+                ledger.settle(session, plan.membership_id, now)
+            kept = None if plan.keep == NOTHING_HELD else plan.keep
             outbox.enqueue(session, new_event("elevation.revoked", ElevationRevoked(
                 request_id=plan.request_id, secret_id=plan.secret_id, host=plan.host, account=plan.account,
                 group=plan.group, revoked_at=now, attempts=attempts, trigger=plan.end_trigger,
-                membership_kept=plan.keep, sessions=outcome.sessions), source=SOURCE))
+                membership_kept=kept, sessions=outcome.sessions), source=SOURCE))
             if attempts > 1:
                 self._wake_host(session, plan.host, now)
         log.info("elevation.revoked", state=new.value, attempts=attempts, trigger=plan.end_trigger,
-                 membership_kept=plan.keep, sessions=len(outcome.sessions))
+                 membership_kept=plan.keep, sessions=len(outcome.sessions), account_sid=plan.account_sid)
         return True
 
     def _wake_host(self, session: Session, host: str, now: datetime) -> None:

@@ -1,10 +1,12 @@
 """The sweeper: a periodic job of every reaper replica that finds what is due by partial indexes.
 
-1. Windows that have ended: `elevation.expired` is published (through the outbox) for each request
-   in an EXPIRABLE state whose `expires_at` has passed and that has no `expiry_event_id`; the id is
-   set in the same transaction, so one expiry is published per request however many replicas sweep.
+1. Windows that have ended: each request in an EXPIRABLE state whose `expires_at` has passed is ended
+   here, in the database (REVOKING with its trigger, its hold released, claimed for this replica's pool
+   while it has room), and `elevation.expired` is published as a notification (through the outbox) in
+   the same transaction. Ending does not depend on that message being delivered (level-triggered).
 2. Elevators that died mid-add: an ELEVATING row whose `lease_until` passed is treated as a failed
-   add and moved to REVOKING (failed=True), so its membership is removed and it ends FAILED.
+   add and moved to REVOKING (failed=True), so its membership is removed and it ends FAILED. The
+   elevator sends no add that could land after its lease (services/elevator/membership.py).
 3. Revocations whose `next_attempt_at` has come (retries, and leases of dead workers) are claimed
    and handed to the revocation pool.
 Each query reads `ix_requests_due_expiry`, `ix_requests_stuck_elevating` or
@@ -20,15 +22,16 @@ from typing import Any
 from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.reaper.ending import end_request
 from services.reaper.policy import ELEVATOR_LOST, SOURCE, expiry_reason
 from shared import logs
 from shared.clock import Clock
-from shared.db import outbox
+from shared.db import ledger, outbox
 from shared.db.engine import transaction
 from shared.db.models import EXPIRABLE_SQL, Request
 from shared.db.transitions import Cause, transition
 from shared.events import ElevationExpired, ElevationFailed, new_event
-from shared.states import Trigger
+from shared.states import State, Trigger
 
 log = logs.get_logger()
 BATCH = 200
@@ -50,23 +53,30 @@ def due_expiries_query(now: datetime, limit: int = BATCH) -> Any:
             .order_by(Request.expires_at).limit(limit))
 
 
-def publish_expiries(factory: sessionmaker[Session], now: datetime, limit: int = BATCH) -> int:
-    """Publish `elevation.expired` for each request whose window has ended; returns how many."""
-    published = 0
+def end_expired(factory: sessionmaker[Session], now: datetime, lease_until: datetime, room: int,
+                limit: int = BATCH) -> list[str]:
+    """End each request whose window has ended; returns the ids claimed (at most `room`) to revoke now."""
+    claimed: list[str] = []
     with transaction(factory) as session:
-        for request_id, expires_at, checkout_expires_at in session.execute(
-                _locking(session, due_expiries_query(now, limit))).all():
-            reason = expiry_reason(expires_at, checkout_expires_at)
-            event = new_event("elevation.expired", ElevationExpired(request_id=request_id, reason=reason),
+        ids = [row[0] for row in session.execute(_locking(session, due_expiries_query(now, limit))).all()]
+        for request in session.scalars(select(Request).where(Request.id.in_(ids))
+                                       .execution_options(populate_existing=True)):
+            reason = expiry_reason(request.expires_at or now, request.checkout_expires_at)
+            event = new_event("elevation.expired", ElevationExpired(request_id=request.id, reason=reason),
                               source=SOURCE)
-            claimed = session.execute(
-                update(Request).where(Request.id == request_id, Request.expiry_event_id.is_(None))
-                .values(expiry_event_id=event.id).execution_options(synchronize_session=False))
-            if claimed.rowcount:  # type: ignore[attr-defined]
-                outbox.enqueue(session, event)
-                published += 1
-                log.info("elevation.expiry.published", request_id=request_id, reason=reason, event_id=event.id)
-    return published
+            lease = lease_until if len(claimed) < room else None
+            new = end_request(session, request, now=now, end_trigger=reason,
+                              cause=Cause(actor="sweeper", event_id=event.id, reason=reason), lease_until=lease)
+            session.execute(update(Request).where(Request.id == request.id).values(expiry_event_id=event.id)
+                            .execution_options(synchronize_session=False))
+            if new is None:
+                continue
+            outbox.enqueue(session, event)
+            log.info("elevation.expiry.ended", request_id=request.id, reason=reason, event_id=event.id,
+                     state=new.value)
+            if new is State.REVOKING and lease is not None:
+                claimed.append(request.id)
+    return claimed
 
 
 def lost_elevations_query(now: datetime, limit: int = BATCH) -> Any:
@@ -86,6 +96,8 @@ def end_lost_elevations(factory: sessionmaker[Session], now: datetime, limit: in
                                  "revoking_since": now, "next_attempt_at": now, "lease_until": None})
             if new is None:
                 continue
+            ledger.release(session, request.id, now)
+            ledger.reconcile_soon(session, request.host, request.group_sid, now)
             outbox.enqueue(session, new_event("elevation.failed", ElevationFailed(
                 request_id=request.id, error=ELEVATOR_LOST), source=SOURCE))
             log.error("elevation.elevator_lost", request_id=request.id, checkout_id=request.checkout_id,
@@ -98,16 +110,19 @@ class Sweeper:
     """One sweep = expiries, lost elevations, then as many due revocations as the pool has room for."""
 
     def __init__(self, factory: sessionmaker[Session], clock: Clock, claim_due: Callable[[int], list[str]],
-                 room: Callable[[], int], submit: Callable[[str], object]) -> None:
+                 room: Callable[[], int], submit: Callable[..., object],
+                 lease_until: Callable[[datetime], datetime]) -> None:
         self.factory = factory
         self.clock = clock
         self.claim_due = claim_due
         self.room = room
         self.submit = submit
+        self.lease_until = lease_until
 
     def __call__(self) -> None:
         now = self.clock.now()
-        publish_expiries(self.factory, now)
+        for request_id in end_expired(self.factory, now, self.lease_until(now), self.room()):
+            self.submit(request_id, in_process=True)
         end_lost_elevations(self.factory, now)
         for request_id in self.claim_due(self.room()):
-            self.submit(request_id)
+            self.submit(request_id, in_process=False)

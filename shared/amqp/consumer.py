@@ -45,6 +45,7 @@ class Consumer:
         *,
         workers: int | None = None,
         prefetch: int | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self._settings = settings
         self._daemon = daemon
@@ -53,7 +54,7 @@ class Consumer:
         self._workers = workers or settings.workers
         self._prefetch = prefetch or settings.prefetch
         self._ready = threading.Event()
-        self._stopping = threading.Event()
+        self._stopping = stopping or threading.Event()
         self._session_lock = threading.Lock()
         self._session: Session | None = None
         self._failures = 0

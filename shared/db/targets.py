@@ -1,13 +1,16 @@
 """Where and how to reach the account of a request: the host's WinRM settings and the task's credentials.
 
 Shared by the elevator and the reaper. The request carries a snapshot of the account and group it
-was approved for; the host endpoint and credential provider are looked up at the time of the call.
+was approved for. When the elevator claims it, it also snapshots the endpoint and the credential-provider
+reference (never a password) into `requests.target`: a grant can always be ended, even after the
+configuration that made it has been changed or removed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -33,6 +36,24 @@ class Target:
     account: str
     group: str
     on_revoke: str
+
+    def snapshot(self) -> dict[str, Any]:
+        e = self.endpoint
+        return {"endpoint": {"address": e.address, "scheme": e.scheme, "port": e.port, "transport": e.transport,
+                             "verify_tls": e.verify_tls, "ca_file": e.ca_file},
+                "provider_id": self.provider_id, "username": self.username, "password_env": self.password_env,
+                "password_file": self.password_file, "account": self.account, "group": self.group,
+                "on_revoke": self.on_revoke}
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> Target:
+        try:
+            return cls(endpoint=HostEndpoint(**data["endpoint"]), provider_id=data["provider_id"],
+                       username=data["username"], password_env=data.get("password_env"),
+                       password_file=data.get("password_file"), account=data["account"], group=data["group"],
+                       on_revoke=data.get("on_revoke", "report"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TargetError(f"stored target is unreadable: {exc}") from None
 
     def credentials(self, environ: Mapping[str, str] | None = None) -> Credentials:
         try:
@@ -64,6 +85,13 @@ def target_for(session: Session, request: Request) -> Target:
         group=request.group or (task.group if task else ""),
         on_revoke=task.on_revoke if task else "report",
     )
+
+
+def target_of(session: Session, request: Request) -> Target:
+    """The grant's own snapshot when it has one (taken at claim), else the configuration as it is now."""
+    if request.target:
+        return Target.from_snapshot(request.target)
+    return target_for(session, request)
 
 
 def other_holders(session: Session, request: Request) -> list[Request]:

@@ -1,0 +1,258 @@
+"""The reconciler: a level-triggered controller that converges each watched host's group to the ledger.
+
+Every `reconcile_interval_seconds` per (host, group) (sooner after an ambiguous outcome: a lost
+elevator, an add that returned after its request ended), one replica leases the target, lists the
+group's members by SID (one WinRM call, outside any transaction) and compares them with the ledger:
+
+- a membership no active grant holds, whose baseline is not "yes" and that is ours (or of unknown
+  baseline), is removed by SID; once the host shows it gone and no add can land, it is settled;
+- a membership an ELEVATED grant holds but the host no longer lists is put back (its hold's add_until
+  is set before the add is sent, as the elevator does) and logged as `membership.restored`;
+- on the first listing of a group its members are its standing members (baseline "yes");
+- any later member that nothing explains is drift: an audit row, a `membership.drift` event and an
+  error log when first seen, `jitctl drift` while it stays; removed only where the group's task says
+  `drift: remove`.
+
+A lost message, a crash between two steps, a rename or a race can delay a removal, never prevent it.
+Cost: one listing per watched (host, group) per interval, one host at a time per replica.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.reaper.policy import SOURCE
+from shared import logs
+from shared.clock import Clock
+from shared.db import audit, ledger, outbox
+from shared.db.engine import transaction
+from shared.db.models import Drift, Hold, Membership, ReconcileTarget, Request, Task
+from shared.db.targets import Target, TargetError
+from shared.events import MembershipDrift, new_event
+from shared.settings import Settings
+from shared.states import State
+from shared.winrm import WinRMError, WinRMPort
+from shared.winrm.endpoint import GroupMember
+
+ACTOR = "reconciler"
+BATCH = 20
+
+log = logs.get_logger()
+
+
+@dataclass
+class Decision:
+    """What one listing calls for: SIDs to remove (ours / drift), to put back (holder id), to report."""
+
+    remove_ours: dict[str, int] = field(default_factory=dict)  # account SID -> membership id
+    remove_drift: list[str] = field(default_factory=list)
+    restore: dict[str, str] = field(default_factory=dict)  # account SID -> holding request id
+    drift: list[GroupMember] = field(default_factory=list)
+    soonest: datetime | None = None  # an add may land until then: look again at that time
+
+
+class Reconciler:
+    def __init__(self, factory: sessionmaker[Session], port: WinRMPort, settings: Settings, clock: Clock) -> None:
+        self.factory = factory
+        self.port = port
+        self.settings = settings
+        self.clock = clock
+        self._call_bound = float(getattr(port, "max_call_seconds", settings.winrm_deadline_seconds + 10))
+
+    def __call__(self) -> None:
+        for host, group_sid in self.claim_due(BATCH):
+            with logs.bound(host=host, group_sid=group_sid):
+                self.reconcile(host, group_sid)
+
+    def claim_due(self, limit: int) -> list[tuple[str, str]]:
+        now = self.clock.now()
+        lease = now + timedelta(seconds=4 * self._call_bound)
+        with transaction(self.factory) as session:
+            query = (select(ReconcileTarget.host, ReconcileTarget.group_sid)
+                     .where(ReconcileTarget.next_at <= now)
+                     .where((ReconcileTarget.lease_until.is_(None)) | (ReconcileTarget.lease_until < now))
+                     .order_by(ReconcileTarget.next_at).limit(limit))
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            due = [(h, g) for h, g in session.execute(query).all()]
+            for host, group_sid in due:
+                session.execute(update(ReconcileTarget).where(
+                    ReconcileTarget.host == host, ReconcileTarget.group_sid == group_sid)
+                    .values(lease_until=lease).execution_options(synchronize_session=False))
+        return due
+
+    def reconcile(self, host: str, group_sid: str) -> None:
+        """One pass over one (host, group); never raises (errors are recorded on the target)."""
+        try:
+            with transaction(self.factory) as session:
+                row = session.get(ReconcileTarget, (host, group_sid))
+                assert row is not None
+                target = Target.from_snapshot(row.target)
+            creds = target.credentials()
+            members = self.port.list_members(target.endpoint, creds, group_sid)
+            decision = self._decide(host, group_sid, members)
+            removed = self._act(host, group_sid, target, decision)
+            self._record(host, group_sid, decision, removed, error=None)
+        except (WinRMError, TargetError) as exc:
+            log.warning("reconcile.failed", error=str(exc))
+            self._record(host, group_sid, Decision(), {}, error=str(exc)[:2000])
+
+    def _decide(self, host: str, group_sid: str, members: list[GroupMember]) -> Decision:
+        now = self.clock.now()
+        present = {m.sid.upper(): m for m in members}
+        decision = Decision()
+        with transaction(self.factory) as session:
+            row = session.get(ReconcileTarget, (host, group_sid))
+            assert row is not None
+            first = row.baselined_at is None
+            known: set[str] = set()
+            for m in session.scalars(select(Membership).where(Membership.host == host,
+                                                              Membership.group_sid == group_sid)):
+                known.add(m.account_sid)
+                holders = ledger.active_holders(session, m.id)
+                pending = ledger.add_in_flight_until(session, m.id, now)
+                if pending is not None:
+                    decision.soonest = min(decision.soonest or pending, pending)
+                if holders:
+                    elevated = _elevated_holder(session, holders)
+                    if m.account_sid not in present and elevated is not None and pending is None:
+                        decision.restore[m.account_sid] = elevated
+                elif m.baseline == "yes":
+                    continue
+                elif m.account_sid in present:
+                    if m.ours or m.baseline == "unknown":
+                        decision.remove_ours[m.account_sid] = m.id
+                    else:
+                        decision.drift.append(present[m.account_sid])
+                elif m.ours and pending is None:
+                    ledger.settle(session, m.id, now)
+            for sid, member in present.items():
+                if sid in known:
+                    continue
+                if first:
+                    session.add(Membership(host=host, group_sid=group_sid, account_sid=sid, account=member.name,
+                                           baseline="yes", ours=False, created_at=now, updated_at=now))
+                else:
+                    decision.drift.append(member)
+            if _drift_policy(session, host, group_sid) == "remove":
+                decision.remove_drift = [m.sid.upper() for m in decision.drift]
+            row.baselined_at = row.baselined_at or now
+        return decision
+
+    def _act(self, host: str, group_sid: str, target: Target, decision: Decision) -> dict[str, bool]:
+        """Remove and restore on the host; returns, per SID removed or attempted, whether the host confirmed."""
+        creds = target.credentials()
+        done: dict[str, bool] = {}
+        for sid in [*decision.remove_ours, *decision.remove_drift]:
+            if sid in decision.remove_ours and not self._still_unheld(decision.remove_ours[sid]):
+                continue  # a grant took hold meanwhile: the membership is wanted again
+            try:
+                self.port.remove_member(target.endpoint, creds, group_sid, sid)
+                done[sid] = True
+                log.info("reconcile.removed", account_sid=sid, drift=sid in decision.remove_drift)
+            except WinRMError as exc:
+                done[sid] = False
+                log.error("reconcile.remove.failed", account_sid=sid, error=str(exc))
+        for sid, request_id in decision.restore.items():
+            self._restore(target, creds, group_sid, sid, request_id)
+        return done
+
+    def _still_unheld(self, membership_id: int) -> bool:
+        with transaction(self.factory) as session:
+            return not ledger.active_holders(session, membership_id)
+
+    def _restore(self, target: Target, creds: object, group_sid: str, sid: str, request_id: str) -> None:
+        now = self.clock.now()
+        with transaction(self.factory) as session:
+            request = session.get(Request, request_id, populate_existing=True)
+            if request is None or request.state != State.ELEVATED.value:
+                return
+            until = now + timedelta(seconds=self._call_bound)
+            session.execute(update(Hold).where(Hold.request_id == request_id, Hold.held.is_(True))
+                            .values(add_until=until).execution_options(synchronize_session=False))
+        changed: bool | None = None
+        try:
+            changed = self.port.add_member(target.endpoint, creds, group_sid, sid)  # type: ignore[arg-type]
+        except WinRMError as exc:
+            log.error("membership.restore.failed", request_id=request_id, account_sid=sid, error=str(exc))
+        with transaction(self.factory) as session:
+            session.execute(update(Hold).where(Hold.request_id == request_id)
+                            .values(add_until=None).execution_options(synchronize_session=False))
+            if changed is not None:
+                audit.record(session, at=self.clock.now(), action="membership.restored", actor=ACTOR,
+                             request_id=request_id, reason="the host no longer listed an active grant's member",
+                             details={"account_sid": sid, "group_sid": group_sid})
+                session.execute(update(Request).where(Request.id == request_id, Request.state == State.REVOKING.value)
+                                .values(next_attempt_at=self.clock.now())
+                                .execution_options(synchronize_session=False))
+        if changed is not None:
+            log.warning("membership.restored", request_id=request_id, account_sid=sid)
+
+    def _record(self, host: str, group_sid: str, decision: Decision, removed: dict[str, bool],
+                error: str | None) -> None:
+        now = self.clock.now()
+        with transaction(self.factory) as session:
+            for sid, ok in removed.items():
+                membership_id = decision.remove_ours.get(sid)
+                if ok and membership_id is not None:
+                    ledger.settle(session, membership_id, now)
+                    audit.record(session, at=now, action="membership.reconciled", actor=ACTOR,
+                                 reason="removed a membership of ours that no active grant holds",
+                                 details={"host": host, "group_sid": group_sid, "account_sid": sid})
+            if error is None:
+                self._record_drift(session, host, group_sid, decision, removed, now)
+            row = session.get(ReconcileTarget, (host, group_sid))
+            assert row is not None
+            interval = timedelta(seconds=self.settings.reconcile_interval_seconds)
+            row.next_at = min(now + interval, decision.soonest or now + interval)
+            if error is not None:
+                row.next_at = min(row.next_at, now + timedelta(seconds=self.settings.retry_max_seconds))
+            row.lease_until = None
+            row.last_run_at = now
+            row.last_error = error
+
+    def _record_drift(self, session: Session, host: str, group_sid: str, decision: Decision,
+                      removed: dict[str, bool], now: datetime) -> None:
+        open_rows = {d.account_sid: d for d in session.scalars(select(Drift).where(
+            Drift.host == host, Drift.group_sid == group_sid, Drift.resolved_at.is_(None)))}
+        seen = {m.sid.upper() for m in decision.drift}
+        for member in decision.drift:
+            sid = member.sid.upper()
+            action = "reported" if sid not in removed else ("removed" if removed[sid] else "remove_failed")
+            row = open_rows.get(sid)
+            if row is not None:
+                row.last_seen = now
+                row.action = action
+                if action == "removed":
+                    row.resolved_at = now
+                continue
+            row = Drift(host=host, group_sid=group_sid, account_sid=sid, account=member.name, action=action,
+                        first_seen=now, last_seen=now, resolved_at=now if action == "removed" else None)
+            session.add(row)
+            audit.record(session, at=now, action="membership.drift", actor=ACTOR,
+                         reason=f"{member.name} ({sid}) is in the group and no grant explains it",
+                         details={"host": host, "group_sid": group_sid, "account_sid": sid, "account": member.name,
+                                  "action": action})
+            outbox.enqueue(session, new_event("membership.drift", MembershipDrift(
+                host=host, group_sid=group_sid, account_sid=sid, account=member.name, action=action,
+                first_seen=now), source=SOURCE))
+            log.error("membership.drift", account_sid=sid, account=member.name, action=action)
+        for sid, row in open_rows.items():
+            if sid not in seen:
+                row.resolved_at = now
+
+
+def _elevated_holder(session: Session, holders: list[str]) -> str | None:
+    return session.scalar(select(Request.id).where(Request.id.in_(holders), Request.state == State.ELEVATED.value)
+                          .limit(1))
+
+
+def _drift_policy(session: Session, host: str, group_sid: str) -> str:
+    """`remove` when a task whose grants reach this (host, group) says so; `report` otherwise."""
+    policies = set(session.scalars(select(Task.drift).join(Request, Request.task_id == Task.id).where(
+        Request.host == host, Request.group_sid == group_sid).distinct()))
+    return "remove" if "remove" in policies else "report"

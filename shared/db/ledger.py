@@ -1,0 +1,183 @@
+"""The membership ledger: which grants hold which (host, group SID, account SID), in the caller's transaction.
+
+    elevator: resolve SIDs --> take_hold (intent: ours=True, add_until) --> add --> record_add
+    end of a grant (check-in, expiry, failure, operator, lost elevator) --> release
+    reaper / reconciler: removal_plan --> remove by SID --> settle (ours=False once nothing can land)
+
+A membership is removed exactly when no active grant holds it and its baseline is not "yes". `ours`
+is set before an add is sent and cleared only by a removal the host confirmed while no add of ours could
+still land, so a crash between sending and recording never leaves an add that nobody owns. The baseline
+is decided only by a grant that took hold while nothing of ours was in place, from the answer of its own
+add (sent after the hold): an observation made before the hold, or after an ambiguous retry, never
+turns a membership we made into a "pre-existing" one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from shared.db.models import Hold, Membership, ReconcileTarget, Request
+from shared.states import State
+
+HOLDING = (State.ELEVATING.value, State.ELEVATED.value)
+KEPT_PRE_EXISTING = "pre_existing"
+KEPT_OTHER_HOLDERS = "other_holders"
+
+
+@dataclass(frozen=True)
+class RemovalPlan:
+    """What ending one grant means for its membership: remove it, or keep it (and why)."""
+
+    membership_id: int
+    host: str
+    group_sid: str
+    account_sid: str
+    keep: str | None
+    holders: list[str]
+
+
+def _insert(session: Session) -> Any:
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+def _locked(session: Session, membership_id: int) -> Membership:
+    query = select(Membership).where(Membership.id == membership_id).execution_options(populate_existing=True)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return session.scalars(query).one()
+
+
+def active_holders(session: Session, membership_id: int, *, exclude: str | None = None) -> list[str]:
+    """Grants that hold the membership now: a held hold of a request still ELEVATING or ELEVATED."""
+    query = (select(Hold.request_id).join(Request, Request.id == Hold.request_id)
+             .where(Hold.membership_id == membership_id, Hold.held.is_(True), Request.state.in_(HOLDING)))
+    if exclude is not None:
+        query = query.where(Hold.request_id != exclude)
+    return sorted(session.scalars(query))
+
+
+def add_in_flight_until(session: Session, membership_id: int, now: datetime) -> datetime | None:
+    """The latest time an add of ours may still land on this membership, if any may."""
+    pending = list(session.scalars(select(Hold.add_until).where(
+        Hold.membership_id == membership_id, Hold.add_until.is_not(None), Hold.add_until > now)))
+    return max((at for at in pending if at is not None), default=None)
+
+
+def take_hold(session: Session, request: Request, *, host: str, group_sid: str, account_sid: str, account: str,
+              target: dict[str, Any], now: datetime, add_until: datetime, reconcile_in: float) -> Hold | None:
+    """Record the intent to add (before the add is sent); None when the request is no longer ELEVATING.
+
+    The compare-and-set on the request row serialises us with a check-in's transaction: either it
+    ended the request first (we send nothing) or it waits for us and then releases this hold.
+    """
+    claimed = session.execute(
+        update(Request).where(Request.id == request.id, Request.state == State.ELEVATING.value)
+        .values(account_sid=account_sid, group_sid=group_sid, updated_at=now)
+        .execution_options(synchronize_session=False))
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    session.execute(_insert(session)(Membership).values(
+        host=host, group_sid=group_sid, account_sid=account_sid, account=account, baseline="unknown", ours=False,
+        created_at=now, updated_at=now).on_conflict_do_nothing())
+    membership_id = session.scalar(select(Membership.id).where(
+        Membership.host == host, Membership.group_sid == group_sid, Membership.account_sid == account_sid))
+    assert membership_id is not None
+    membership = _locked(session, membership_id)
+    settled = not membership.ours and not active_holders(session, membership.id)
+    if settled:
+        membership.baseline = "unknown"  # to be decided by this grant's own add
+    membership.ours = True
+    membership.account = account
+    membership.updated_at = now
+    hold = session.get(Hold, request.id)
+    if hold is None:
+        hold = Hold(request_id=request.id, membership_id=membership.id, created_at=now)
+        session.add(hold)
+    hold.membership_id = membership.id
+    hold.held = True
+    hold.released_at = None
+    hold.add_until = add_until
+    hold.decides_baseline = settled
+    watch(session, host=host, group_sid=group_sid, target=target, now=now, interval=reconcile_in)
+    session.flush()
+    return hold
+
+
+def record_add(session: Session, request_id: str, *, changed: bool | None, add_calls: int, now: datetime) -> None:
+    """The elevator's add has returned (or given up): no add of this grant can land any more.
+
+    `changed`: True the add put the account in, False it was already there, None no answer. The baseline
+    is taken from one unambiguous answer only; after a retried add, "already there" may be our own first
+    attempt, so it stays unknown (and unknown is removed at the end, the safe direction).
+    """
+    hold = session.get(Hold, request_id, populate_existing=True)
+    if hold is None:
+        return
+    hold.add_until = None
+    membership = _locked(session, hold.membership_id)
+    if hold.decides_baseline and changed is not None and membership.baseline == "unknown":
+        membership.baseline = "no" if changed else ("yes" if add_calls == 1 else "unknown")
+    hold.decides_baseline = False
+    if changed:
+        membership.ours = True  # even if this grant ended meanwhile: the reaper or reconciler takes it out
+    membership.updated_at = now
+
+
+def release(session: Session, request_id: str, now: datetime) -> None:
+    """The grant ended: it no longer holds its membership (called in the ending transition's transaction)."""
+    session.execute(update(Hold).where(Hold.request_id == request_id, Hold.held.is_(True))
+                    .values(held=False, released_at=now).execution_options(synchronize_session=False))
+
+
+def removal_plan(session: Session, request_id: str) -> RemovalPlan | None:
+    """None: the grant never took hold, so no add of it was ever sent and there is nothing to remove."""
+    hold = session.get(Hold, request_id, populate_existing=True)
+    if hold is None:
+        return None
+    membership = session.get(Membership, hold.membership_id, populate_existing=True)
+    assert membership is not None
+    holders = active_holders(session, membership.id, exclude=request_id)
+    keep = KEPT_OTHER_HOLDERS if holders else (KEPT_PRE_EXISTING if membership.baseline == "yes" else None)
+    return RemovalPlan(membership_id=membership.id, host=membership.host, group_sid=membership.group_sid,
+                       account_sid=membership.account_sid, keep=keep, holders=holders)
+
+
+def settle(session: Session, membership_id: int, now: datetime) -> bool:
+    """The host confirmed the account out of the group: the membership is no longer ours, unless a grant
+    holds it again or an add of ours may still land. Returns whether it settled."""
+    membership = _locked(session, membership_id)
+    if active_holders(session, membership_id) or add_in_flight_until(session, membership_id, now) is not None:
+        return False
+    membership.ours = False
+    membership.updated_at = now
+    return True
+
+
+def watch(session: Session, *, host: str, group_sid: str, target: dict[str, Any], now: datetime,
+          interval: float) -> None:
+    """Make sure the reconciler watches (host, group) with the newest way to reach it: a new target is
+    listed at once (its standing members become the baseline), a known one within `interval`."""
+    row = session.get(ReconcileTarget, (host, group_sid))
+    if row is None:
+        session.execute(_insert(session)(ReconcileTarget).values(
+            host=host, group_sid=group_sid, target=target, next_at=now).on_conflict_do_nothing())
+        return
+    row.target = target
+    due = now + timedelta(seconds=interval)
+    if row.next_at > due:
+        row.next_at = due
+
+
+def reconcile_soon(session: Session, host: str, group_sid: str | None, now: datetime) -> None:
+    """After an ambiguous outcome: have the reconciler look at the host at once."""
+    query = update(ReconcileTarget).where(ReconcileTarget.host == host, ReconcileTarget.next_at > now)
+    if group_sid is not None:
+        query = query.where(ReconcileTarget.group_sid == group_sid)
+    session.execute(query.values(next_at=now).execution_options(synchronize_session=False))
