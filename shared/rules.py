@@ -13,6 +13,8 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from shared.hosts import canonical_host
+
 REQUESTER_PERMISSIONS = ("LOGIN_TO_WEB_UI", "VIEW_APPLICATION", "CONNECT",
                          "VIEW_SECRETS_AND_CREDENTIAL_PROVIDER_CONFIGS")
 APPROVER_PERMISSIONS = ("LOGIN_TO_WEB_UI", "APPROVE_PRIVILEGE_ELEVATION_REQUEST", "APPROVE_SECRET_ACCESS_REQUEST",
@@ -47,7 +49,7 @@ class TaskFacts:
 class SecretFacts:
     id: str
     checkout_enabled: bool
-    hosts: frozenset[str]  # addresses of its application's hosts, lower-case
+    hosts: frozenset[str]  # addresses of its application's hosts, in canonical form (shared.hosts)
     task: TaskFacts | None
 
 
@@ -77,12 +79,8 @@ class Decision:
     reason: str
 
 
-def eligibility(secret_id: str, secret: SecretFacts | None, user_id: str, user: UserFacts | None) -> str | None:
-    """Why this user may not request elevation of this secret at all, or None when they may."""
-    if secret is None:
-        return f"secret {secret_id} is not configured"
-    if secret.task is None:
-        return f"secret {secret_id} is in no task"
+def requester_refusal(user_id: str, user: UserFacts | None) -> str | None:
+    """Why this user may not be a requester (unknown, vendor representative, missing permission), or None."""
     if user is None:
         return f"user {user_id} is unknown"
     if user.kind != "internal":
@@ -90,6 +88,18 @@ def eligibility(secret_id: str, secret: SecretFacts | None, user_id: str, user: 
     missing = [p for p in REQUESTER_PERMISSIONS if p not in user.permissions]
     if missing:
         return f"user {user_id} lacks the requester permission(s) {', '.join(missing)}"
+    return None
+
+
+def eligibility(secret_id: str, secret: SecretFacts | None, user_id: str, user: UserFacts | None) -> str | None:
+    """Why this user may not request elevation of this secret at all, or None when they may."""
+    if secret is None:
+        return f"secret {secret_id} is not configured"
+    if secret.task is None:
+        return f"secret {secret_id} is in no task"
+    reason = requester_refusal(user_id, user)
+    if reason is not None:
+        return reason
     if not secret.checkout_enabled:
         return f"checkout is not enabled for secret {secret_id}"
     return None
@@ -101,7 +111,7 @@ def decide_request(facts: RequestFacts, now: datetime) -> Decision:
     if reason is not None:
         return Decision(Outcome.DENY, reason)
     assert facts.secret is not None and facts.secret.task is not None  # eligibility checked both
-    if facts.host.lower() not in facts.secret.hosts:
+    if canonical_host(facts.host) not in facts.secret.hosts:
         return Decision(Outcome.DENY, f"host {facts.host} is not a host of the application of secret {facts.secret_id}")
     if facts.checkout_expires_at <= now:
         return Decision(Outcome.DENY, "the checkout window has already ended")
@@ -128,9 +138,14 @@ def check_approver(approver_id: str, approver: UserFacts | None, requester_id: s
     return None
 
 
-def approval_expiry(checkout_expires_at: datetime, approved_at: datetime, window_seconds: int) -> datetime:
-    """An approval lasts until the checkout window ends or the task's approval window passes, whichever is first."""
-    return min(checkout_expires_at, approved_at + timedelta(seconds=window_seconds))
+def approval_expiry(checkout_expires_at: datetime, approved_at: datetime, window_seconds: int,
+                    duration_seconds: int | None = None) -> datetime:
+    """The end of the elevation window: the first of the checkout's end, the task's approval window
+    and the duration the request asked for (when it asked for one), both counted from the approval."""
+    if window_seconds <= 0 or (duration_seconds is not None and duration_seconds <= 0):
+        raise ValueError(f"a window must be positive (approval window {window_seconds}, duration {duration_seconds})")
+    seconds = window_seconds if duration_seconds is None else min(window_seconds, duration_seconds)
+    return min(checkout_expires_at, approved_at + timedelta(seconds=seconds))
 
 
 class Status(enum.StrEnum):

@@ -37,7 +37,8 @@ def lock_request(session: Session, request_id: str) -> None:
 
 def approve(session: Session, row: Request, *, approver_id: str, window_seconds: int, now: datetime, cause: Cause,
             policy: str | None = None) -> bool:
-    expires_at = approval_expiry(row.checkout_expires_at, now, window_seconds)
+    # The window the requester asked for (`duration_seconds`) can only shorten the task's window.
+    expires_at = approval_expiry(row.checkout_expires_at, now, window_seconds, row.duration_seconds)
     values = {"approver_id": approver_id, "decided_at": now, "expires_at": expires_at, "reason": cause.reason}
     if transition(session, row, Trigger.APPROVE, now=now, cause=cause, values=values) is None:
         return False

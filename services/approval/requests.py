@@ -1,7 +1,8 @@
 """`elevation.requested`: record the request as PENDING, APPROVED by policy, or DENIED by a rule.
 
 The request row snapshots what it is for (task, account, group) so later configuration edits cannot
-redirect it. A request id seen before is a duplicate (inbox and primary key): one effect.
+redirect it; its host is recorded in canonical form (`shared.hosts`). A request id seen before is a
+duplicate (inbox and primary key): one effect.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from shared.db.facts import request_facts, task_of
 from shared.db.models import Request, Secret
 from shared.db.transitions import Cause
 from shared.events import ElevationRequested, Event
+from shared.hosts import canonical_host
 from shared.logs import get_logger
 from shared.rules import NOT_REQUIRED_POLICY, POLICY, Outcome, decide_request
 from shared.states import State
@@ -32,7 +34,8 @@ def new_row(session: Session, data: ElevationRequested, now: datetime) -> Reques
     task = task_of(session, data.secret_id)
     return Request(
         id=data.request_id, checkout_id=data.checkout_id, secret_id=data.secret_id, requester_id=data.requester_id,
-        host=data.host, justification=data.justification, ticket=data.ticket, duration_seconds=data.duration_seconds,
+        host=canonical_host(data.host), justification=data.justification, ticket=data.ticket,
+        duration_seconds=data.duration_seconds,
         state=State.PENDING.value, task_id=task.id if task else None,
         account=member_name(secret.account, secret.domain) if secret else None, group=task.group if task else None,
         requested_at=now, checkout_expires_at=data.checkout_expires_at, pre_existing=False, failed=False,

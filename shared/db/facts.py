@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db.models import Application, CheckIn, Host, Request, Secret, Task, TaskSecret, User, UserPermission
+from shared.db.models import CheckIn, Host, Request, Secret, Task, TaskSecret, User, UserPermission
+from shared.hosts import canonical_host
 from shared.rules import RequestFacts, SecretFacts, TaskFacts, UserFacts
 from shared.states import ACTIVE
 
@@ -34,14 +35,13 @@ def secret_facts(session: Session, secret_id: str) -> SecretFacts | None:
     if secret is None:
         return None
     task = task_of(session, secret_id)
-    hosts = session.scalars(
-        select(func.lower(Host.address)).join(Application).where(Application.id == secret.application_id)
-    )
+    addresses = session.scalars(select(Host.address).where(Host.application_id == secret.application_id))
     task_facts = None if task is None else TaskFacts(
         id=task.id, group=task.group, approval_required=task.approval_required,
         approval_window_seconds=task.approval_window_seconds,
     )
-    return SecretFacts(id=secret.id, checkout_enabled=secret.checkout_enabled, hosts=frozenset(hosts), task=task_facts)
+    return SecretFacts(id=secret.id, checkout_enabled=secret.checkout_enabled,
+                       hosts=frozenset(canonical_host(a) for a in addresses), task=task_facts)
 
 
 def is_checked_in(session: Session, checkout_id: str) -> bool:
@@ -59,7 +59,7 @@ def request_facts(session: Session, *, secret_id: str, requester_id: str, host: 
                   checkout_expires_at: datetime) -> RequestFacts:
     return RequestFacts(
         secret_id=secret_id, secret=secret_facts(session, secret_id), requester_id=requester_id,
-        requester=user_facts(session, requester_id), host=host, checkout_expires_at=checkout_expires_at,
+        requester=user_facts(session, requester_id), host=canonical_host(host), checkout_expires_at=checkout_expires_at,
         checked_in=is_checked_in(session, checkout_id),
         active_request_for_checkout=active_request_for(session, checkout_id) is not None,
     )

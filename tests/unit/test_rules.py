@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shared.events import BadEvent, parse_event
 from shared.rules import (
     ACTIONS,
     APPROVER_PERMISSIONS,
@@ -21,6 +23,7 @@ from shared.rules import (
     check_approver,
     connection_status,
     decide_request,
+    requester_refusal,
 )
 from shared.rules import Outcome as O
 
@@ -95,6 +98,52 @@ def test_approvers_are_refused(approver_id: str, approver: UserFacts | None, rea
 def test_approval_lasts_until_the_earlier_of_checkout_end_and_window() -> None:
     assert approval_expiry(NOW + timedelta(hours=2), NOW, 3600) == NOW + timedelta(hours=1)
     assert approval_expiry(NOW + timedelta(minutes=10), NOW, 3600) == NOW + timedelta(minutes=10)
+
+
+def test_a_requested_duration_shortens_the_window_never_lengthens_it() -> None:
+    checkout_end = NOW + timedelta(hours=2)
+    assert approval_expiry(checkout_end, NOW, 3600, 600) == NOW + timedelta(minutes=10)
+    assert approval_expiry(checkout_end, NOW, 3600, 7200) == NOW + timedelta(hours=1)  # the task's window
+    assert approval_expiry(NOW + timedelta(minutes=5), NOW, 3600, 600) == NOW + timedelta(minutes=5)  # checkout
+    assert approval_expiry(checkout_end, NOW, 3600, None) == NOW + timedelta(hours=1)
+
+
+@pytest.mark.parametrize(("window", "duration"), [(3600, 0), (3600, -60), (0, None)])
+def test_a_window_that_is_not_positive_is_an_error(window: int, duration: int | None) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        approval_expiry(NOW + timedelta(hours=2), NOW, window, duration)
+
+
+@pytest.mark.parametrize("duration", [0, -1])
+def test_the_event_schema_refuses_a_duration_that_is_not_positive(duration: int) -> None:
+    body = {"specversion": "1.0", "id": "ev-1", "source": "pam/connection-workflow", "type": "elevation.requested",
+            "time": "2026-11-24T10:00:00Z", "data": {
+                "request_id": "req-1", "checkout_id": "co-1", "secret_id": "sec", "requester_id": "alice",
+                "host": "web01", "justification": "patch", "checkout_expires_at": "2026-11-24T11:00:00Z",
+                "duration_seconds": duration}}
+    with pytest.raises(BadEvent, match="duration_seconds: Input should be greater than 0"):
+        parse_event(json.dumps(body).encode())
+    body["data"]["duration_seconds"] = 60  # type: ignore[index]
+    assert parse_event(json.dumps(body).encode()).data.duration_seconds == 60  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("host", ["web01", "WEB01", "Web01.", " web01 "])
+def test_hosts_match_in_canonical_form(host: str) -> None:
+    facts = RequestFacts(secret_id="sec", secret=SECRET, requester_id="alice", requester=ALICE, host=host,
+                         checkout_expires_at=NOW + timedelta(hours=1), checked_in=False,
+                         active_request_for_checkout=False)
+    assert decide_request(facts, NOW).outcome is O.PENDING
+
+
+@pytest.mark.parametrize(("user", "reason"), [
+    (None, "user alice is unknown"),
+    (replace(ALICE, kind="vendor_rep"), "vendor representative"),
+    (replace(ALICE, permissions=frozenset(REQUESTER_PERMISSIONS) - {"CONNECT"}), "requester permission(s) CONNECT"),
+])
+def test_requester_refusal_names_the_rule(user: UserFacts | None, reason: str) -> None:
+    refusal = requester_refusal("alice", user)
+    assert refusal is not None and reason in refusal
+    assert requester_refusal("alice", ALICE) is None
 
 
 def test_known_permissions_cover_every_role() -> None:
