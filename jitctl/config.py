@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from jitctl.common import CliError, broker_message, database, database_error, load_settings, print_json
 from shared.amqp.publisher import Publisher
 from shared.config_file import ConfigError, load_config
-from shared.db.config_apply import apply_config
+from shared.db.config_apply import ActiveRequestsError, apply_config
 from shared.db.engine import transaction
 from shared.db.migrate import upgrade
 from shared.db.outbox import publish_pending
@@ -25,8 +25,13 @@ def register(subparsers: Any) -> None:
     up.set_defaults(func=db_upgrade)
     apply = subparsers.add_parser("apply", help="load the declarative configuration, all or nothing",
                                   description="Validate FILE whole, then write it in one transaction. Re-applying "
-                                              "the same file changes nothing. See docs/configuration.md.")
+                                              "the same file changes nothing. A file that would remove what an "
+                                              "approved or elevated request depends on is refused, naming each "
+                                              "request, unless --end-active is given. See docs/configuration.md.")
     apply.add_argument("-f", "--file", required=True, type=Path, help="the YAML configuration file")
+    apply.add_argument("--end-active", action="store_true",
+                       help="end (revoke) the approved and elevated requests that depend on what the file removes, "
+                            "in the same transaction, instead of refusing the file")
     apply.add_argument("--json", action="store_true", help="print the summary as JSON")
     apply.set_defaults(func=apply_file)
 
@@ -52,8 +57,11 @@ def apply_file(args: argparse.Namespace) -> int:
         raise CliError(f"{args.file}: {exc}", 2) from None
     settings = load_settings()
     with database(settings) as factory:
-        with transaction(factory) as session:
-            summary = apply_config(session, config, now=datetime.now(UTC))
+        try:
+            with transaction(factory) as session:
+                summary = apply_config(session, config, now=datetime.now(UTC), end_active=args.end_active)
+        except ActiveRequestsError as exc:
+            raise CliError(f"{args.file}: {exc}", 2) from None
         if summary.ended:
             _publish_outbox(settings, factory)
     if args.json:
@@ -62,14 +70,14 @@ def apply_file(args: argparse.Namespace) -> int:
     if not summary.changed:
         print("no changes")
     for verb, items in (("created", summary.created), ("updated", summary.updated), ("removed", summary.removed),
-                        ("ended", summary.ended), ("kept", summary.kept)):
+                        ("ended", summary.ended)):
         for item in items:
             print(f"{verb:8} {item}")
     return 0
 
 
 def _publish_outbox(settings: Any, factory: Any) -> None:
-    """Cancellation events of ended requests: published now if the broker is up, else by any daemon's relay."""
+    """Events of ended requests (cancellations): published now if the broker is up, else by any daemon's relay."""
     try:
         with Publisher(settings, connection_attempts=1) as publisher:
             publish_pending(factory, publisher)

@@ -12,7 +12,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shared.hosts import canonical_host
 from shared.rules import KNOWN_PERMISSIONS
+from shared.sids import name_refusal
 from shared.winrm.errors import InvalidNameError
 from shared.winrm.names import member_name, validate_group, validate_member
 
@@ -86,6 +88,12 @@ class HostSpec(Strict):
     address: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:\-\[\]_]+$")
     winrm: WinRMSpec | None = None
 
+    @field_validator("address")
+    @classmethod
+    def _canonical(cls, value: str) -> str:
+        # Host names are case-insensitive: one canonical form is stored and compared (shared.hosts).
+        return canonical_host(value)
+
 
 class ApplicationSpec(Strict):
     id: str = Id
@@ -102,6 +110,10 @@ class SecretSpec(Strict):
 
     @model_validator(mode="after")
     def _valid_member(self) -> SecretSpec:
+        refusal = name_refusal(self.account, self.domain)
+        if refusal is not None:
+            raise ValueError(f"{refusal} (rule: a secret's account must be a user account, "
+                             "never a group or a well-known principal)")
         member = member_name(self.account, self.domain)
         try:
             validate_member(member)
@@ -117,6 +129,8 @@ class TaskSpec(Strict):
     approval_window_seconds: int = Field(gt=0, le=366 * 24 * 3600)
     removal_policy: Literal["on_secret_check_in"] = "on_secret_check_in"
     on_revoke: Literal["report", "logoff"] = "report"
+    # What the reconciler does with a member of the task's group that no grant explains.
+    drift: Literal["report", "remove"] = "report"
     secrets: list[str] = []
 
     @field_validator("group")
@@ -189,8 +203,9 @@ def cross_check(config: ConfigFile) -> list[str]:
     problems += _duplicates("secret", [s.id for s in config.secrets])
     problems += _duplicates("task", [t.id for t in config.tasks])
     for app in config.applications:
-        addresses = [h.address.lower() for h in app.hosts]
-        problems += [f"application {app.id}: host {a} listed twice" for a, n in Counter(addresses).items() if n > 1]
+        addresses = [canonical_host(h.address) for h in app.hosts]
+        problems += [f"application {app.id}: host {a} listed twice (host names compare without case and "
+                     "trailing dot)" for a, n in Counter(addresses).items() if n > 1]
         problems += [f"host {h.address} of application {app.id} has no WinRM configuration (winrm: ...)"
                      for h in app.hosts if h.winrm is None]
     apps = {a.id for a in config.applications}

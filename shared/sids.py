@@ -17,10 +17,28 @@ _GROUP_RIDS = frozenset({*range(512, 528), 553, 571, 572})
 
 # Names (lower case, without a domain) that are never an account to elevate.
 WELL_KNOWN_NAMES = frozenset({
-    "everyone", "authenticated users", "users", "domain users", "domain admins", "domain guests",
-    "domain computers", "domain controllers", "enterprise admins", "schema admins", "administrators",
-    "guests", "interactive", "network", "system", "local service", "network service", "anonymous logon",
-    "creator owner", "batch", "service", "remote desktop users", "power users", "backup operators",
+    # everyone, and the principals Windows computes at logon
+    "everyone", "authenticated users", "interactive", "network", "batch", "service", "anonymous logon",
+    "anonymous", "dialup", "remote interactive logon", "console logon", "this organization",
+    "other organization", "restricted", "self", "creator owner", "creator group", "owner rights", "iusr",
+    "local", "all application packages", "all restricted application packages", "enterprise domain controllers",
+    # the machine's own principals
+    "system", "local system", "localsystem", "local service", "network service", "trustedinstaller",
+    # BUILTIN groups
+    "users", "administrators", "guests", "power users", "backup operators", "remote desktop users",
+    "account operators", "server operators", "print operators", "replicator", "network configuration operators",
+    "performance monitor users", "performance log users", "distributed com users", "iis_iusrs",
+    "cryptographic operators", "event log readers", "hyper-v administrators", "remote management users",
+    "access control assistance operators", "device owners", "certificate service dcom access",
+    "rds remote access servers", "rds endpoint servers", "rds management servers", "storage replica administrators",
+    "pre-windows 2000 compatible access", "incoming forest trust builders", "windows authorization access group",
+    "terminal server license servers",
+    # a domain's well-known groups
+    "domain users", "domain admins", "domain guests", "domain computers", "domain controllers",
+    "enterprise admins", "schema admins", "cert publishers", "group policy creator owners",
+    "read-only domain controllers", "enterprise read-only domain controllers", "cloneable domain controllers",
+    "protected users", "key admins", "enterprise key admins", "ras and ias servers", "dnsadmins",
+    "dnsupdateproxy", "allowed rodc password replication group", "denied rodc password replication group",
 })
 WELL_KNOWN_DOMAINS = frozenset({"nt authority", "builtin", "nt service", "window manager", "font driver host"})
 
@@ -49,11 +67,17 @@ def account_refusal(sid: str, object_class: str) -> str | None:
 
 
 def name_refusal(account: str, domain: str | None) -> str | None:
-    """Why a configured account name can never be a user to elevate (a well-known principal), or None."""
-    if is_sid(account):
-        return f"account {account!r} is a SID; give the account's name"
-    if account.strip().lower() in WELL_KNOWN_NAMES:
-        return f"account {account!r} is a well-known group or principal, not a user account"
-    if domain is not None and domain.strip().lower() in WELL_KNOWN_DOMAINS:
-        return f"account {domain}\\{account} is a built-in principal, not a user account"
+    """Why a configured account name can never be a user to elevate (a well-known principal), or None.
+
+    `account` may itself carry a domain (`NT AUTHORITY\\SYSTEM`); names compare case-insensitively.
+    """
+    shown = f"{domain}\\{account}" if domain else account
+    prefix, _, name = account.strip().rpartition("\\")
+    domains = {d.strip().lower() for d in (prefix, domain or "") if d.strip()}
+    if is_sid(name) or (domain is not None and is_sid(domain.strip())):
+        return f"account {shown!r} is a SID; give the account's name"
+    if name.lower() in WELL_KNOWN_NAMES:
+        return f"account {shown!r} is a well-known group or principal, not a user account"
+    if domains & WELL_KNOWN_DOMAINS:
+        return f"account {shown!r} is a built-in principal, not a user account"
     return None

@@ -81,6 +81,7 @@ DELETE = object()
     ("secrets/0/account", "bad/name", "account 'bad/name' of secret sec-web01-svc"),
     ("tasks/0/secrets", ["sec-nope"], "task jit-web-admins: unknown secret 'sec-nope'"),
     ("tasks/0/secrets", ["sec-web01-svc", "sec-web01-svc"], "secret sec-web01-svc listed twice"),
+    ("tasks/0/drift", "ignore", "tasks[0] (jit-web-admins).drift: Input should be 'report' or 'remove'"),
 ])
 def test_rule_breaks_are_refused_naming_the_item(path: str, value: Any, message: str) -> None:
     assert message in refused(mutate(path, value))
@@ -118,3 +119,44 @@ def test_not_yaml_is_refused() -> None:
         load_config("users: [unclosed")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config("- a list")
+
+
+RULE = "rule: a secret's account must be a user account, never a group or a well-known principal"
+
+
+@pytest.mark.parametrize(("account", "domain", "why"), [
+    ("Everyone", None, "well-known group or principal"),
+    ("Authenticated Users", None, "well-known group or principal"),
+    ("Domain Users", "CORP", "well-known group or principal"),
+    ("domain admins", "CORP", "well-known group or principal"),
+    ("Administrators", None, "well-known group or principal"),
+    ("SYSTEM", None, "well-known group or principal"),
+    ("LocalService", "NT AUTHORITY", "built-in principal"),
+    ("NT AUTHORITY\\NETWORK SERVICE", None, "well-known group or principal"),
+    ("Whatever", "BUILTIN", "built-in principal"),
+    ("S-1-1-0", None, "is a SID"),
+    ("S-1-5-21-1004336348-1177238915-682003330-1001", None, "is a SID"),
+])
+def test_accounts_that_are_not_users_are_refused(account: str, domain: str | None, why: str) -> None:
+    doc = mutate("secrets/0/account", account)
+    doc["secrets"][0]["domain"] = domain
+    message = refused(doc)
+    assert "secrets[0] (sec-web01-svc): account" in message and why in message and RULE in message
+
+
+def test_task_drift_defaults_to_report() -> None:
+    assert load_config(SAMPLE.read_text()).tasks[0].drift == "report"
+    doc = mutate("tasks/0/drift", "remove")
+    assert load_config(yaml.safe_dump(doc)).tasks[0].drift == "remove"
+
+
+def test_host_addresses_are_canonical() -> None:
+    doc = mutate("applications/0/hosts/0/address", "WEB01.Corp.Example.")
+    assert load_config(yaml.safe_dump(doc)).applications[0].hosts[0].address == "web01.corp.example"
+
+
+def test_hosts_differing_only_in_case_are_one_host_listed_twice() -> None:
+    doc = sample()
+    hosts = doc["applications"][0]["hosts"]
+    hosts.append({**hosts[0], "address": "Web01.CORP.example."})
+    assert "application app-web01: host web01.corp.example listed twice" in refused(doc)
