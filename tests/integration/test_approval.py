@@ -14,8 +14,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.engine import transaction
-from shared.db.models import AuditEntry, CheckIn, Request, Secret, Task, TaskSecret, User, UserPermission
-from shared.events import Event
+from shared.db.models import AuditEntry, CheckIn, Host, Request, Secret, Task, TaskSecret, User, UserPermission
+from shared.events import Event, new_event
 from shared.rules import APPROVER_PERMISSIONS, REQUESTER_PERMISSIONS
 from shared.settings import Settings
 from tests.factories import ADMINISTRATORS, HostSpec, seed_config
@@ -248,3 +248,41 @@ def test_a_requester_who_lost_a_permission_before_the_decision_is_not_approved(w
     assert row.approver_id == "policy" and "no longer eligible" in (row.reason or "")
     assert "CONNECT" in world.tap.wait_for("elevation.denied", rid)[0]["data"]["reason"]
     assert world.tap.of("elevation.approved", rid) == []
+
+
+def test_the_host_is_recorded_and_matched_in_canonical_form(world: World) -> None:
+    with transaction(world.factory) as s:
+        s.add(Host(application_id="app", address="web01.corp.example", scheme="http", port=5985, transport="basic",
+                   verify_tls=False))
+    rid = world.send(requested(host="WEB01.Corp.Example."))
+    assert world.state_of(rid, "PENDING").host == "web01.corp.example"
+    # One canonical form, so the same host in another spelling is the same checkout's host, not a new one.
+    second = world.send(requested(host="web01.CORP.example"))
+    assert world.state_of(second, "PENDING").host == "web01.corp.example"
+
+
+def with_duration(duration: int, *, expires_in: float = 7200) -> Event:
+    data = requested(expires_in=expires_in).data.model_dump(mode="json") | {"duration_seconds": duration}
+    return new_event("elevation.requested", data, source="test/workflow")
+
+
+@pytest.mark.parametrize(("duration", "window"), [(600, 600), (7200, 3600)])
+def test_a_requested_duration_bounds_the_window(world: World, duration: int, window: int) -> None:
+    rid = world.send(with_duration(duration))
+    assert world.state_of(rid, "PENDING").duration_seconds == duration
+    world.send(decided(rid, "bob"))
+    row = world.state_of(rid, "APPROVED")
+    assert row.decided_at is not None and row.expires_at == row.decided_at + timedelta(seconds=window)
+    assert datetime.fromisoformat(world.tap.wait_for("elevation.approved", rid)[0]["data"]["expires_at"]) == (
+        row.expires_at)
+
+
+def test_a_requested_duration_bounds_an_approval_by_policy(world: World) -> None:
+    with transaction(world.factory) as s:
+        task = s.get(Task, "task")
+        assert task is not None
+        task.approval_required = False
+    rid = world.send(with_duration(120))
+    row = world.state_of(rid, "APPROVED")
+    assert row.approver_id == "policy" and row.decided_at is not None
+    assert row.expires_at == row.decided_at + timedelta(seconds=120)
