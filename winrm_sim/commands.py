@@ -18,7 +18,7 @@ from xml.sax.saxutils import escape
 
 from shared.winrm import scripts
 
-from .host import PSError, WindowsHost
+from .host import Group, PSError, WindowsHost, is_sid
 
 
 @dataclass(frozen=True)
@@ -54,18 +54,65 @@ _COMMON = {"GroupNotFound": "group_not_found", "PrincipalNotFound": "principal_n
            "AccessDenied": "access_denied"}
 
 
-def _membership_script(
-    op: Callable[[WindowsHost, object, str | None], None], ok: str, extra: dict[str, str]
-) -> Callable[[WindowsHost, dict[str, str]], Result]:
+def _security_identifier(value: str | None) -> str:
+    """[System.Security.Principal.SecurityIdentifier]::new(value), as the scripts build it."""
+    if value is None:
+        raise PSError("MethodInvocationException", 'Exception calling ".ctor" with "1" argument(s): '
+                      '"Value cannot be null.\r\nParameter name: sddlForm"')
+    if not is_sid(value):
+        raise PSError("ArgumentException", 'Exception calling ".ctor" with "1" argument(s): '
+                      '"Value was invalid.\r\nParameter name: sddlForm"')
+    return value.upper()
+
+
+def _listed(host: WindowsHost, group: Group, sid: str) -> bool:
+    return any(a.sid == sid for a in host.list_members(group))
+
+
+def _resolve(host: WindowsHost, env: dict[str, str]) -> Result:
+    try:
+        group = host.find_group(env.get(scripts.ENV_GROUP_KIND), env.get(scripts.ENV_GROUP))
+        account = host.lookup(env.get(scripts.ENV_MEMBER))
+        if account is None:
+            raise PSError("IdentityNotMappedException", 'Exception calling "Translate" with "1" argument(s): '
+                          '"Some or all identity references could not be translated."')
+    except PSError as err:
+        return _caught(err, {"IdentityNotMappedException": "principal_not_found", **_COMMON})
+    # The class comes from ADSI WinNT://DOMAIN/NAME, which a name without a domain part never reaches.
+    cls = account.object_class if "\\" in account.full_name else ""
+    return Result(_json_line({"status": "ok", "sid": account.sid, "name": account.full_name, "class": cls,
+                              "group_sid": group.sid, "member": _listed(host, group, account.sid)}), "", 0)
+
+
+def _change_by_sid(adding: bool) -> Callable[[WindowsHost, dict[str, str]], Result]:
     def run(host: WindowsHost, env: dict[str, str]) -> Result:
         try:
-            group = host.find_group(env.get(scripts.ENV_GROUP_KIND), env.get(scripts.ENV_GROUP))
-            op(host, group, env.get(scripts.ENV_MEMBER))
+            group = host.find_group("SID", env.get(scripts.ENV_GROUP_SID))
+            sid = _security_identifier(env.get(scripts.ENV_MEMBER_SID))
+            try:
+                if adding:
+                    host.add_member_sid(group, sid)
+                else:
+                    host.remove_member_sid(group, sid)
+                status = "added" if adding else "removed"
+            except PSError as err:
+                if not err.error_id.startswith("MemberExists," if adding else "MemberNotFound,"):
+                    raise
+                status = "already_member" if adding else "not_member"
+            return Result(_json_line({"status": status, "member": _listed(host, group, sid)}), "", 0)
         except PSError as err:
-            return _caught(err, {**extra, **_COMMON})
-        return Result(_json_line({"status": ok}), "", 0)
+            return _caught(err, _COMMON)
 
     return run
+
+
+def _list_members(host: WindowsHost, env: dict[str, str]) -> Result:
+    try:
+        group = host.find_group("SID", env.get(scripts.ENV_GROUP_SID))
+    except PSError as err:
+        return _caught(err, _COMMON)
+    rows = [{"sid": a.sid, "name": a.full_name, "class": a.object_class} for a in host.list_members(group)]
+    return Result(_json_line({"status": "ok", "members": rows}), "", 0)
 
 
 def _list_sessions(host: WindowsHost, env: dict[str, str]) -> Result:
@@ -93,12 +140,10 @@ def _logoff(host: WindowsHost, env: dict[str, str]) -> Result:
 
 
 SCRIPT_HANDLERS: dict[str, Callable[[WindowsHost, dict[str, str]], Result]] = {
-    scripts.ADD_MEMBER: _membership_script(
-        lambda h, g, m: h.add_member(g, m), "added", {"MemberExists": "already_member"}),  # type: ignore[arg-type]
-    scripts.REMOVE_MEMBER: _membership_script(
-        lambda h, g, m: h.remove_member(g, m), "removed", {"MemberNotFound": "not_member"}),  # type: ignore[arg-type]
-    scripts.IS_MEMBER: _membership_script(
-        lambda h, g, m: h.check_member(g, m), "member", {"MemberNotFound": "not_member"}),  # type: ignore[arg-type]
+    scripts.RESOLVE: _resolve,
+    scripts.ADD_MEMBER_SID: _change_by_sid(adding=True),
+    scripts.REMOVE_MEMBER_SID: _change_by_sid(adding=False),
+    scripts.LIST_MEMBERS: _list_members,
     scripts.LIST_SESSIONS: _list_sessions,
     scripts.LOGOFF: _logoff,
 }

@@ -16,6 +16,9 @@ Routes (``{id}`` is the host's index in the ready line, or ``address:port``):
 - ``POST /control/hosts/{id}/unknown-principals``  {"names": [...]}: these names do not resolve
 - ``POST /control/hosts/{id}/members``         {"group", "member"}: seed a standing membership
 - ``POST /control/hosts/{id}/members/remove``  {"group", "member"}
+- ``GET  /control/hosts/{id}/groups/{sid}/members``  the members with SIDs: [{"sid", "name", "class"}]
+- ``POST /control/hosts/{id}/accounts/rename``  {"old", "new"}: Rename-LocalUser, same SID -> {"sid", "name"}
+- ``POST /control/hosts/{id}/accounts/resolve`` {"name"} -> {"sid"} (creates the account as a lookup would)
 - ``POST /control/hosts/{id}/sessions``        {"account", "state"="Active"|"Disc"} -> {"session_id"}
 - ``POST /control/hosts/{id}/sessions/remove`` {"session_id"}
 """
@@ -30,6 +33,7 @@ from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .host import PSError
 from .server import SimulatedHost
 
 
@@ -58,6 +62,9 @@ def _post(host: SimulatedHost, verb: str, body: dict[str, Any]) -> Any:
         "members/remove": lambda: host.unseed_member(str(body["group"]), str(body["member"])),
         "sessions/remove": lambda: {"removed": host.remove_session(str(body["session_id"]))},
         "members": lambda: {"member": host.seed_member(str(body["group"]), str(body["member"]))},
+        "accounts/rename": lambda: {"sid": host.rename_account(str(body["old"]), str(body["new"])),
+                                    "name": str(body["new"])},
+        "accounts/resolve": lambda: {"sid": host.sid_of(str(body["name"]))},
         "sessions": lambda: {"session_id": host.add_session(str(body["account"]), str(body.get("state", "Active")))},
     }
     if verb not in simple:
@@ -98,12 +105,18 @@ class _ControlHandler(BaseHTTPRequestHandler):
                 self._send(200, host.state())
             elif method == "GET" and verb == "log":
                 self._send(200, [asdict(r) for r in host.command_log])
+            elif method == "GET" and len(parts) == 6 and parts[3] == "groups" and parts[5] == "members":
+                if parts[4].upper() not in host.host.groups:
+                    raise ControlError(404, f"no such group: {parts[4]}")
+                self._send(200, host.group_members(parts[4]))
             elif method == "POST":
                 self._send(200, _post(host, verb, body))
             else:
                 raise ControlError(404, "not found")
         except ControlError as exc:
             self._send(exc.status, {"error": str(exc)})
+        except PSError as exc:
+            self._send(400, {"error": exc.message, "error_id": exc.error_id})
         except (KeyError, ValueError, TypeError) as exc:
             self._send(400, {"error": f"bad request: {exc!r}"})
 

@@ -47,6 +47,9 @@ Control endpoint (JSON, loopback only, no auth), {{id}} = host index or ADDRESS:
   POST /control/hosts/{{id}}/access-denied    {{"on": true}} the service account is not an administrator
   POST /control/hosts/{{id}}/unknown-principals {{"names": [...]}} names that do not resolve
   POST /control/hosts/{{id}}/members[/remove] {{"group": SID, "member": NAME}} seed / unseed a membership
+  GET  /control/hosts/{{id}}/groups/{{sid}}/members   the members with SIDs [{{"sid", "name", "class"}}]
+  POST /control/hosts/{{id}}/accounts/rename  {{"old": NAME, "new": NAME}} Rename-LocalUser (same SID)
+  POST /control/hosts/{{id}}/accounts/resolve {{"name": NAME}} -> {{"sid"}}
   POST /control/hosts/{{id}}/sessions         {{"account": NAME, "state": "Active|Disc"}} -> {{"session_id"}}
   POST /control/hosts/{{id}}/sessions/remove  {{"session_id": ID}}
 

@@ -274,7 +274,23 @@ class SimulatedHost:
         self.host.unseed_member(group_sid, member)
 
     def members(self, group_sid: str) -> set[str]:
+        """The current names of the group's members (``COMPUTER\\name`` for local accounts)."""
         return self.host.members(group_sid)
+
+    def member_sids(self, group_sid: str) -> set[str]:
+        return self.host.member_sids(group_sid)
+
+    def group_members(self, group_sid: str) -> list[dict[str, str]]:
+        """The group's members with SIDs: ``[{"sid", "name", "class"}]`` (sorted by name)."""
+        return self.host.group_members(group_sid)
+
+    def sid_of(self, name: str) -> str:
+        """The SID ``name`` resolves to on this host (a new account if Windows would accept the name)."""
+        return self.host.sid_of(name)
+
+    def rename_account(self, old_name: str, new_name: str) -> str:
+        """Rename-LocalUser: same SID, new name (the old one stops resolving). Returns the SID."""
+        return self.host.rename_account(old_name, new_name).sid
 
     def add_session(self, account: str, state: str = "Active") -> str:
         return str(self.host.add_session(account, state))

@@ -2,7 +2,8 @@
 
 Retryable: connection refused/reset/dropped, connect or read timeout, HTTP 5xx without SOAP
 (WinRMTransportError), WSManFault TimedOut, s:Receiver InternalError, the MaxShellsPerUser quota
-(MSFT_WmiError 2150859174), WinRMOperationTimeoutError, protocol assertion/parse errors.
+(MSFT_WmiError 2150859174), WinRMOperationTimeoutError, protocol assertion/parse errors, the
+operation's deadline.
 Permanent: HTTP 401, access denied (WSManFault 5 / 0x80070005 or w:AccessDenied), TLS certificate
 failures, other s:Sender faults, HTTP 4xx, anything unrecognised.
 """
@@ -22,6 +23,7 @@ from winrm.exceptions import WinRMError as PyWinRMError
 
 from .errors import AccessDeniedError, AuthenticationError, PermanentWinRMError, RetryableWinRMError, TLSError
 from .errors import WinRMError as AdapterError
+from .shell import DeadlineExceeded
 
 QUOTA_WMI_ERROR = 2150859174  # 0x803381A6: MaxShellsPerUser / MaxConcurrentOperationsPerUser exceeded
 ACCESS_DENIED_CODES = (5, 0x80070005)
@@ -47,6 +49,8 @@ def classify(exc: BaseException, host: str, operation: str, secret: str) -> Adap
     if isinstance(exc, AdapterError):
         return exc
     detail = _scrub(f"{type(exc).__name__}: {exc}", secret)
+    if isinstance(exc, DeadlineExceeded):
+        return RetryableWinRMError(host, operation, f"deadline exceeded: {exc}")
     if isinstance(exc, requests.exceptions.SSLError):
         return TLSError(host, operation, detail)
     if isinstance(exc, requests.exceptions.RequestException):  # refused, reset, dropped, timeouts

@@ -4,11 +4,19 @@ Every call validates its data first (:mod:`.names`), passes it only as shell env
 to a fixed script (:mod:`.scripts`), holds one of ``max_shells_per_host`` slots for the host while
 its shell is open, and maps failures to Retryable/PermanentWinRMError (:mod:`.classify`).
 
-Ambiguity: if a change (add/remove) fails after its Command was sent (read timeout, dropped
-connection, deadline...), the script may have run. The client then asks the host again with
-``is_member``: if the wanted end state holds it returns True (it cannot tell whether this call or
-an earlier one made the change, and True is the safe answer for the caller's bookkeeping);
-otherwise, or if that query fails too, it raises the original error.
+Membership is by SID: ``resolve`` turns a name into the account's SID once; ``add_member`` and
+``remove_member`` change the group by SID and, in the same PowerShell run, list the group's SIDs to
+verify the end state (one run per change). ``is_member`` is a listing, never a name lookup.
+
+Ambiguity: if a change fails after its Command was sent (read timeout, dropped connection,
+deadline...), the script may have run. The client then lists the group: if the wanted end state
+holds it returns True (it cannot tell whether this call or an earlier one made the change, and True
+is the safe answer for the caller's bookkeeping); otherwise, or if the listing fails too, it raises
+the original error.
+
+Deadline: one call (slot wait, every HTTP request, the re-verification) ends within ``deadline_sec``;
+only the shell's cleanup may run on, for at most ``CLEANUP_GRACE_SEC``. ``max_call_seconds`` is the
+bound a caller may rely on: after it, the call has returned and nothing it sent can still land.
 """
 
 from __future__ import annotations
@@ -19,9 +27,11 @@ import threading
 import time
 from typing import Any
 
+from shared.sids import is_sid
+
 from . import scripts
 from .classify import classify
-from .endpoint import Credentials, HostEndpoint, LogonSession
+from .endpoint import Credentials, GroupMember, HostEndpoint, LogonSession, Resolved
 from .errors import (
     AccessDeniedError,
     GroupNotFoundError,
@@ -31,8 +41,17 @@ from .errors import (
     RetryableWinRMError,
     WinRMError,
 )
-from .names import validate_group, validate_member, validate_session_id
-from .shell import ScriptRunFailed, run_script
+from .names import (
+    validate_group,
+    validate_group_sid,
+    validate_member,
+    validate_member_sid,
+    validate_session_id,
+)
+from .shell import CLEANUP_GRACE_SEC, ScriptRunFailed, run_script
+
+# What a call may take beyond deadline_sec: the cleanup grace plus scheduling noise.
+DEADLINE_SLACK_SEC = CLEANUP_GRACE_SEC + 1.0
 
 
 class _Ambiguous(Exception):
@@ -42,6 +61,8 @@ class _Ambiguous(Exception):
 
 
 class MembershipClient:
+    deadline_slack_sec = DEADLINE_SLACK_SEC
+
     def __init__(
         self,
         *,
@@ -65,39 +86,67 @@ class MembershipClient:
         # With the variable already set, requests restores it instead of deleting it.
         os.environ.setdefault("no_proxy", "*")
 
+    @property
+    def max_call_seconds(self) -> float:
+        """Upper bound of one call's duration (from entry to return), verification included: when it has
+        passed, the call has returned and no request it sent is still in flight."""
+        return self.deadline_sec + self.deadline_slack_sec
+
     # -- the port ------------------------------------------------------------------------------------
-    def add_member(self, host: HostEndpoint, creds: Credentials, group: str, member: str) -> bool:
-        env = self._membership_env(host, "add_member", group, member)
+    def resolve(self, host: HostEndpoint, creds: Credentials, group: str, member: str) -> Resolved:
         try:
-            result = self._run(host, creds, "add_member", scripts.ADD_MEMBER, env)
+            kind, group_id = validate_group(group)
+            validate_member(member)
+        except InvalidNameError as exc:
+            raise InvalidNameError(host.key, "resolve", exc.detail) from None
+        env = {scripts.ENV_GROUP_KIND: kind, scripts.ENV_GROUP: group_id, scripts.ENV_MEMBER: member}
+        result = self._run_plain(host, creds, "resolve", scripts.RESOLVE, env, self._deadline())
+        self._status(host, "resolve", result, {"ok": True})
+        sid, group_sid = str(result.get("sid", "")).upper(), str(result.get("group_sid", "")).upper()
+        listed = result.get("member")
+        if not is_sid(sid) or not is_sid(group_sid) or not isinstance(listed, bool):
+            raise PermanentWinRMError(host.key, "resolve", f"unexpected answer: {str(result)[:300]}")
+        return Resolved(sid, str(result.get("name") or ""), str(result.get("class") or ""), group_sid, listed)
+
+    def add_member(self, host: HostEndpoint, creds: Credentials, group_sid: str, member_sid: str) -> bool:
+        env = self._sid_env(host, "add_member", group_sid, member_sid)
+        deadline = self._deadline()
+        try:
+            result = self._run(host, creds, "add_member", scripts.ADD_MEMBER_SID, env, deadline)
         except _Ambiguous as amb:
-            if self._reverify(host, creds, group, member) is True:
+            if self._reverify(host, creds, env, deadline) is True:
                 return True
             raise amb.error from None
         changed = self._status(host, "add_member", result, {"added": True, "already_member": False})
-        if not self.is_member(host, creds, group, member):
-            raise RetryableWinRMError(host.key, "add_member", "host reported success but the member is not listed")
+        if result.get("member") is not True:
+            raise RetryableWinRMError(host.key, "add_member", "verify disagreed: the group does not list the SID")
         return changed
 
-    def remove_member(self, host: HostEndpoint, creds: Credentials, group: str, member: str) -> bool:
-        env = self._membership_env(host, "remove_member", group, member)
+    def remove_member(self, host: HostEndpoint, creds: Credentials, group_sid: str, member_sid: str) -> bool:
+        env = self._sid_env(host, "remove_member", group_sid, member_sid)
+        deadline = self._deadline()
         try:
-            result = self._run(host, creds, "remove_member", scripts.REMOVE_MEMBER, env)
+            result = self._run(host, creds, "remove_member", scripts.REMOVE_MEMBER_SID, env, deadline)
         except _Ambiguous as amb:
-            if self._reverify(host, creds, group, member) is False:
+            if self._reverify(host, creds, env, deadline) is False:
                 return True
             raise amb.error from None
-        outcomes = {"removed": True, "not_member": False, "principal_not_found": False}
-        changed = self._status(host, "remove_member", result, outcomes)
-        if self.is_member(host, creds, group, member):
-            raise RetryableWinRMError(host.key, "remove_member", "host reported success but the member is listed")
+        changed = self._status(host, "remove_member", result, {"removed": True, "not_member": False})
+        if result.get("member") is not False:
+            raise RetryableWinRMError(host.key, "remove_member", "verify disagreed: the group still lists the SID")
         return changed
 
-    def is_member(self, host: HostEndpoint, creds: Credentials, group: str, member: str) -> bool:
-        env = self._membership_env(host, "is_member", group, member)
-        result = self._run_plain(host, creds, "is_member", scripts.IS_MEMBER, env)
-        outcomes = {"member": True, "not_member": False, "principal_not_found": False}
-        return self._status(host, "is_member", result, outcomes)
+    def list_members(self, host: HostEndpoint, creds: Credentials, group_sid: str) -> list[GroupMember]:
+        try:
+            group_sid = validate_group_sid(group_sid)
+        except InvalidNameError as exc:
+            raise InvalidNameError(host.key, "list_members", exc.detail) from None
+        return self._list(host, creds, "list_members", group_sid, self._deadline())
+
+    def is_member(self, host: HostEndpoint, creds: Credentials, group_sid: str, member_sid: str) -> bool:
+        env = self._sid_env(host, "is_member", group_sid, member_sid)
+        members = self._list(host, creds, "is_member", env[scripts.ENV_GROUP_SID], self._deadline())
+        return any(m.sid == env[scripts.ENV_MEMBER_SID] for m in members)
 
     def list_sessions(self, host: HostEndpoint, creds: Credentials, member: str) -> list[LogonSession]:
         try:
@@ -105,15 +154,12 @@ class MembershipClient:
         except InvalidNameError as exc:
             raise InvalidNameError(host.key, "list_sessions", exc.detail) from None
         env = {scripts.ENV_MEMBER: member}
-        result = self._run_plain(host, creds, "list_sessions", scripts.LIST_SESSIONS, env)
+        result = self._run_plain(host, creds, "list_sessions", scripts.LIST_SESSIONS, env, self._deadline())
         self._status(host, "list_sessions", result, {"ok": True})
-        rows = result.get("sessions") or []
-        if isinstance(rows, dict):  # ConvertTo-Json may unwrap a one-element array
-            rows = [rows]
         return [
             LogonSession(str(r.get("id", "")), str(r.get("user", "")), str(r.get("state", "")),
                          str(r["logon_time"]) if r.get("logon_time") else None)
-            for r in rows if isinstance(r, dict)
+            for r in _rows(result.get("sessions"))
         ]
 
     def logoff(self, host: HostEndpoint, creds: Credentials, session_id: str) -> None:
@@ -122,18 +168,34 @@ class MembershipClient:
         except InvalidNameError as exc:
             raise InvalidNameError(host.key, "logoff", exc.detail) from None
         env = {scripts.ENV_SESSION_ID: session_id}
-        result = self._run_plain(host, creds, "logoff", scripts.LOGOFF, env)
+        result = self._run_plain(host, creds, "logoff", scripts.LOGOFF, env, self._deadline())
         self._status(host, "logoff", result, {"logged_off": True, "no_session": False})
 
     # -- plumbing ------------------------------------------------------------------------------------
+    def _deadline(self) -> float:
+        return time.monotonic() + self.deadline_sec
+
     @staticmethod
-    def _membership_env(host: HostEndpoint, operation: str, group: str, member: str) -> dict[str, str]:
+    def _sid_env(host: HostEndpoint, operation: str, group_sid: str, member_sid: str) -> dict[str, str]:
         try:
-            kind, group_id = validate_group(group)
-            validate_member(member)
+            group = validate_group_sid(group_sid)
+            member = validate_member_sid(member_sid)
         except InvalidNameError as exc:
             raise InvalidNameError(host.key, operation, exc.detail) from None
-        return {scripts.ENV_GROUP_KIND: kind, scripts.ENV_GROUP: group_id, scripts.ENV_MEMBER: member}
+        return {scripts.ENV_GROUP_SID: group, scripts.ENV_MEMBER_SID: member}
+
+    def _list(self, host: HostEndpoint, creds: Credentials, operation: str, group_sid: str,
+              deadline: float) -> list[GroupMember]:
+        env = {scripts.ENV_GROUP_SID: group_sid}
+        result = self._run_plain(host, creds, operation, scripts.LIST_MEMBERS, env, deadline)
+        self._status(host, operation, result, {"ok": True})
+        members = []
+        for row in _rows(result.get("members")):
+            sid = str(row.get("sid") or "").upper()
+            if not is_sid(sid):
+                raise PermanentWinRMError(host.key, operation, f"a member without a SID: {str(row)[:200]}")
+            members.append(GroupMember(sid, str(row.get("name") or ""), str(row.get("class") or "")))
+        return members
 
     def _slot(self, host: HostEndpoint) -> threading.BoundedSemaphore:
         with self._slots_lock:
@@ -143,11 +205,11 @@ class MembershipClient:
             return slot
 
     def _run(self, host: HostEndpoint, creds: Credentials, operation: str, script: str,
-             env: dict[str, str]) -> dict[str, Any]:
-        """Run a script; a failure after the command was sent raises _Ambiguous."""
-        deadline = time.monotonic() + self.deadline_sec
+             env: dict[str, str], deadline: float) -> dict[str, Any]:
+        """Run a script by ``deadline`` (time.monotonic()); a failure after the command was sent raises _Ambiguous."""
         slot = self._slot(host)
-        if not slot.acquire(timeout=self.deadline_sec):
+        left = deadline - time.monotonic()
+        if left <= 0 or not slot.acquire(timeout=left):
             raise RetryableWinRMError(host.key, operation, "no free shell slot for this host before the deadline")
         try:
             output = run_script(host, creds, script, env, operation_timeout_sec=self.operation_timeout_sec,
@@ -167,17 +229,19 @@ class MembershipClient:
             raise PermanentWinRMError(host.key, operation, detail.replace(creds.password, "***")) from None
 
     def _run_plain(self, host: HostEndpoint, creds: Credentials, operation: str, script: str,
-                   env: dict[str, str]) -> dict[str, Any]:
+                   env: dict[str, str], deadline: float) -> dict[str, Any]:
         try:
-            return self._run(host, creds, operation, script, env)
+            return self._run(host, creds, operation, script, env, deadline)
         except _Ambiguous as amb:
             raise amb.error from None
 
-    def _reverify(self, host: HostEndpoint, creds: Credentials, group: str, member: str) -> bool | None:
+    def _reverify(self, host: HostEndpoint, creds: Credentials, env: dict[str, str], deadline: float) -> bool | None:
+        """Whether the group lists the SID now, asked within the same deadline; None if that fails too."""
         try:
-            return self.is_member(host, creds, group, member)
+            members = self._list(host, creds, "verify", env[scripts.ENV_GROUP_SID], deadline)
         except WinRMError:
             return None
+        return any(m.sid == env[scripts.ENV_MEMBER_SID] for m in members)
 
     @staticmethod
     def _status(host: HostEndpoint, operation: str, result: dict[str, Any], outcomes: dict[str, bool]) -> bool:
@@ -192,6 +256,13 @@ class MembershipClient:
         if status == "access_denied":
             raise AccessDeniedError(host.key, operation, detail)
         raise PermanentWinRMError(host.key, operation, detail)
+
+
+def _rows(value: Any) -> list[dict[str, Any]]:
+    """A JSON array of objects as ConvertTo-Json writes it (it may unwrap a one-element array)."""
+    if isinstance(value, dict):
+        value = [value]
+    return [r for r in (value or []) if isinstance(r, dict)]
 
 
 def _clean_stderr(stderr: bytes) -> str:

@@ -1,7 +1,7 @@
 """The fixed PowerShell scripts the adapter sends, and how their one-line JSON answer is read.
 
-The scripts never contain data: the member, group and session id arrive as shell environment
-variables (``rsp:Environment`` in the WS-Man Create), read as ``$env:JIT_*``. Each script catches
+The scripts never contain data: the member name or SID, the group and the session id arrive as shell
+environment variables (``rsp:Environment`` in the WS-Man Create), read as ``$env:JIT_*``. Each script catches
 the cmdlet errors it expects and prints one JSON object on stdout, ``{"status": ...}``; an error it
 does not expect prints ``status: "error"`` with the FullyQualifiedErrorId and exits 1.
 jit-winrm-sim imports these constants and answers exactly these texts.
@@ -13,9 +13,11 @@ import base64
 import json
 from typing import Any
 
-ENV_MEMBER = "JIT_MEMBER"
-ENV_GROUP = "JIT_GROUP"
-ENV_GROUP_KIND = "JIT_GROUP_KIND"  # "SID" or "Name": which Get-LocalGroup parameter set to use
+ENV_MEMBER = "JIT_MEMBER"  # an account name (resolve, list_sessions)
+ENV_GROUP = "JIT_GROUP"  # a group SID or name (resolve)
+ENV_GROUP_KIND = "JIT_GROUP_KIND"  # "SID" or "Name": which Get-LocalGroup parameter set to use (resolve)
+ENV_GROUP_SID = "JIT_GROUP_SID"  # add, remove, list_members
+ENV_MEMBER_SID = "JIT_MEMBER_SID"  # add, remove
 ENV_SESSION_ID = "JIT_SESSION_ID"
 
 POWERSHELL = "powershell.exe"
@@ -26,6 +28,19 @@ _PREAMBLE = "$ErrorActionPreference = 'Stop'\n$ProgressPreference = 'SilentlyCon
 _RESOLVE_GROUP = (
     "    if ($env:JIT_GROUP_KIND -eq 'SID') { $group = Get-LocalGroup -SID $env:JIT_GROUP }\n"
     "    else { $group = Get-LocalGroup -Name $env:JIT_GROUP }\n"
+)
+_GROUP_BY_SID = "    $group = Get-LocalGroup -SID $env:JIT_GROUP_SID\n"
+# The member as a LocalPrincipal that carries only a SID: the cmdlet then uses the SID as is and never
+# looks a name up (LocalAccounts' MakePrincipal). Building the SecurityIdentifier also refuses a malformed value.
+_MEMBER_BY_SID = (
+    "    $sid = [System.Security.Principal.SecurityIdentifier]::new($env:JIT_MEMBER_SID)\n"
+    "    $principal = New-Object Microsoft.PowerShell.Commands.LocalPrincipal\n"
+    "    $principal.SID = $sid\n"
+)
+# Whether the group lists $sid: a full listing compared by SID (never Get-LocalGroupMember -Member, which
+# matches names and writes PrincipalNotFound for a non-member).
+_LISTED = (
+    "    $listed = @(Get-LocalGroupMember -Group $group | Where-Object { $_.SID.Value -eq $sid.Value }).Count -gt 0\n"
 )
 
 
@@ -52,31 +67,73 @@ _COMMON_ERRORS = (
     ("AccessDenied,*", "access_denied"),
 )
 
-ADD_MEMBER = (
+# The account name -> SID (NTAccount.Translate; IdentityNotMappedException when it does not resolve), the
+# account's current name (the SID translated back), its class (ADSI WinNT SchemaClassName: User or Group;
+# a well-known principal has none), the group's SID, and whether the group lists the account's SID.
+RESOLVE = (
     _PREAMBLE
     + "try {\n"
     + _RESOLVE_GROUP
-    + "    Add-LocalGroupMember -Group $group -Member $env:JIT_MEMBER\n"
-    + "    '{\"status\":\"added\"}'\n"
-    + _catch((("MemberExists,*", "already_member"), *_COMMON_ERRORS))
+    + "    $account = [System.Security.Principal.NTAccount]::new($env:JIT_MEMBER)\n"
+    + "    $sid = $account.Translate([System.Security.Principal.SecurityIdentifier])\n"
+    + "    $name = $sid.Translate([System.Security.Principal.NTAccount]).Value\n"
+    + "    $class = ''\n"
+    + "    $parts = @($name -split '\\\\', 2)\n"
+    + "    if ($parts.Count -eq 2) {\n"
+    + "        try { $class = [string]([ADSI]('WinNT://' + $parts[0] + '/' + $parts[1])).SchemaClassName }\n"
+    + "        catch { $class = '' }\n"
+    + "    }\n"
+    + _LISTED
+    + "    ConvertTo-Json -Compress -InputObject ([ordered]@{ status = 'ok'; sid = $sid.Value; name = $name;"
+    " class = $class; group_sid = $group.SID.Value; member = $listed })\n"
+    + _catch((("IdentityNotMapped*", "principal_not_found"), *_COMMON_ERRORS))
 )
 
-REMOVE_MEMBER = (
+# Add by SID, then list the group in the same run: one PowerShell run is the add and its verification.
+ADD_MEMBER_SID = (
     _PREAMBLE
     + "try {\n"
-    + _RESOLVE_GROUP
-    + "    Remove-LocalGroupMember -Group $group -Member $env:JIT_MEMBER\n"
-    + "    '{\"status\":\"removed\"}'\n"
-    + _catch((("MemberNotFound,*", "not_member"), *_COMMON_ERRORS))
+    + _GROUP_BY_SID
+    + _MEMBER_BY_SID
+    + "    $status = 'added'\n"
+    + "    try { Add-LocalGroupMember -Group $group -Member $principal }\n"
+    + "    catch {\n"
+    + "        if (-not ([string]$_.FullyQualifiedErrorId -like 'MemberExists,*')) { throw }\n"
+    + "        $status = 'already_member'\n"
+    + "    }\n"
+    + _LISTED
+    + "    ConvertTo-Json -Compress -InputObject ([ordered]@{ status = $status; member = $listed })\n"
+    + _catch(_COMMON_ERRORS)
 )
 
-IS_MEMBER = (
+# Remove by SID, then list. MemberNotFound is "not a member"; PrincipalNotFound (the SID is no account the
+# host knows) is not success and reaches the caller as principal_not_found.
+REMOVE_MEMBER_SID = (
     _PREAMBLE
     + "try {\n"
-    + _RESOLVE_GROUP
-    + "    $null = Get-LocalGroupMember -Group $group -Member $env:JIT_MEMBER\n"
-    + "    '{\"status\":\"member\"}'\n"
-    + _catch((("MemberNotFound,*", "not_member"), *_COMMON_ERRORS))
+    + _GROUP_BY_SID
+    + _MEMBER_BY_SID
+    + "    $status = 'removed'\n"
+    + "    try { Remove-LocalGroupMember -Group $group -Member $principal }\n"
+    + "    catch {\n"
+    + "        if (-not ([string]$_.FullyQualifiedErrorId -like 'MemberNotFound,*')) { throw }\n"
+    + "        $status = 'not_member'\n"
+    + "    }\n"
+    + _LISTED
+    + "    ConvertTo-Json -Compress -InputObject ([ordered]@{ status = $status; member = $listed })\n"
+    + _catch(_COMMON_ERRORS)
+)
+
+LIST_MEMBERS = (
+    _PREAMBLE
+    + "try {\n"
+    + _GROUP_BY_SID
+    + "    $rows = @()\n"
+    + "    foreach ($m in @(Get-LocalGroupMember -Group $group)) {\n"
+    + "        $rows += [ordered]@{ sid = $m.SID.Value; name = [string]$m.Name; class = [string]$m.ObjectClass }\n"
+    + "    }\n"
+    + "    ConvertTo-Json -Compress -Depth 3 -InputObject ([ordered]@{ status = 'ok'; members = @($rows) })\n"
+    + _catch(_COMMON_ERRORS)
 )
 
 # quser prints only the bare user name, so sessions are matched on the account part of JIT_MEMBER.
@@ -114,9 +171,10 @@ LOGOFF = (
 )
 
 ALL_SCRIPTS: dict[str, str] = {
-    "add_member": ADD_MEMBER,
-    "remove_member": REMOVE_MEMBER,
-    "is_member": IS_MEMBER,
+    "resolve": RESOLVE,
+    "add_member": ADD_MEMBER_SID,
+    "remove_member": REMOVE_MEMBER_SID,
+    "list_members": LIST_MEMBERS,
     "list_sessions": LIST_SESSIONS,
     "logoff": LOGOFF,
 }
