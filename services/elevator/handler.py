@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import cast
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -47,7 +48,10 @@ class GrantRows:
         self._clock = clock
         self._reconcile_in = reconcile_in
 
-    def take_hold(self, resolved: Resolved) -> float | None:
+    def now(self) -> datetime:
+        return self._clock.now()
+
+    def take_hold(self, resolved: Resolved, looked_at: datetime) -> float | None:
         claimed = self._claimed
         assert claimed.target is not None
         now = self._clock.now()
@@ -57,6 +61,7 @@ class GrantRows:
                 return None
             hold = ledger.take_hold(session, request, host=request.host, group_sid=resolved.group_sid,
                                     account_sid=resolved.account_sid, account=resolved.account_name,
+                                    looked_at=looked_at, was_member=resolved.member,
                                     target=claimed.target.snapshot(), now=now, add_until=claimed.add_until,
                                     reconcile_in=self._reconcile_in)
         if hold is None:

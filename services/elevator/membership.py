@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, TypeVar
 
 from shared import logs
@@ -31,9 +32,11 @@ log = logs.get_logger()
 class Grant(Protocol):
     """The request as the host work sees it; each call is a short transaction of its own."""
 
-    def take_hold(self, resolved: Resolved) -> float | None:
+    def now(self) -> datetime: ...
+
+    def take_hold(self, resolved: Resolved, looked_at: datetime) -> float | None:
         """Record the intent to add; returns the seconds left until the grant's add_until, or None if the
-        request has ended (then no add may be sent)."""
+        request has ended (then no add may be sent). `looked_at`: when the resolve call started."""
         ...
 
     def still_elevating(self) -> bool: ...
@@ -69,13 +72,14 @@ class Membership:
         held = False
         try:
             creds = target.credentials(self._environ)
+            looked_at = grant.now()
             resolved = self._call(lambda: self._port.resolve(target.endpoint, creds, target.group, target.account),
                                   deadline)
             refusal = account_refusal(resolved.account_sid, resolved.object_class)
             if refusal is not None:
                 return Outcome(error=f"refused to elevate {target.account} on {target.endpoint.address}: {refusal}",
                                resolved=resolved)
-            seconds_left = grant.take_hold(resolved)
+            seconds_left = grant.take_hold(resolved, looked_at)
             if seconds_left is None:
                 log.info("elevation.add.skipped", reason="request ended before the add")
                 return Outcome(resolved=resolved)

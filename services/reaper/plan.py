@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from shared.db import ledger
 from shared.db.models import Request
-from shared.db.targets import Target, target_of
+from shared.db.targets import Target, TargetError, target_of
 
 NOTHING_HELD = "nothing_held"
 
@@ -27,7 +27,7 @@ class Plan:
     failed: bool
     end_trigger: str
     attempts: int
-    target: Target
+    target: Target | None  # None only when nothing is to be removed and the configuration is gone
     membership_id: int | None = None
     group_sid: str | None = None
     account_sid: str | None = None
@@ -38,16 +38,23 @@ class Plan:
 
 def make_plan(session: Session, request: Request) -> Plan:
     """Raises `shared.db.targets.TargetError` when neither the grant nor the configuration says how to reach it."""
-    target = target_of(session, request)
     removal = ledger.removal_plan(session, request.id)
+    legacy = removal is None and request.elevated_at is not None and request.account_sid is None
+    try:
+        target: Target | None = target_of(session, request)
+    except TargetError:
+        if removal is not None or legacy:
+            raise
+        target = None  # a grant that never took hold needs no host to end
     plan = Plan(request_id=request.id, checkout_id=request.checkout_id, secret_id=request.secret_id,
-                host=request.host, account=target.account, group=target.group, failed=request.failed,
+                host=request.host, account=target.account if target else (request.account or ""),
+                group=target.group if target else (request.group or ""), failed=request.failed,
                 end_trigger=request.end_trigger or "unknown", attempts=request.attempts, target=target,
                 keep=NOTHING_HELD)
     if removal is not None:
         return replace(plan, membership_id=removal.membership_id, group_sid=removal.group_sid,
                        account_sid=removal.account_sid, keep=removal.keep, holders=removal.holders)
-    if request.elevated_at is not None and request.account_sid is None:
+    if legacy:
         # Elevated by a version without the ledger: remove by the SID the name resolves to now.
         return replace(plan, keep=ledger.KEPT_PRE_EXISTING if request.pre_existing else None, legacy=True)
     return plan

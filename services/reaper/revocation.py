@@ -165,6 +165,7 @@ class Revoker:
         if plan.keep is not None:
             log.info("revocation.membership_kept", membership_kept=plan.keep, holders=plan.holders)
             return Outcome()
+        assert plan.target is not None  # make_plan: a removal always has a target
         creds = plan.target.credentials()
         endpoint = plan.target.endpoint
         sids: list[tuple[str, str]] = []

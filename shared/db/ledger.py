@@ -7,9 +7,12 @@
 A membership is removed exactly when no active grant holds it and its baseline is not "yes". `ours`
 is set before an add is sent and cleared only by a removal the host confirmed while no add of ours could
 still land, so a crash between sending and recording never leaves an add that nobody owns. The baseline
-is decided only by a grant that took hold while nothing of ours was in place, from the answer of its own
-add (sent after the hold): an observation made before the hold, or after an ambiguous retry, never
-turns a membership we made into a "pre-existing" one.
+is decided only by a grant that took hold while nothing of ours was in place: from its look at the host
+(made while resolving) when nothing of ours can have been there at that moment (the membership is new,
+or settled well before the look), else from the answer of its own add, sent after the hold. A look
+that may have seen our own add, or an add answer after an ambiguous retry, never turns a membership
+we made into a "pre-existing" one; a baseline nobody could observe stays unknown and is removed at
+the end (the safe direction).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from shared.states import State
 HOLDING = (State.ELEVATING.value, State.ELEVATED.value)
 KEPT_PRE_EXISTING = "pre_existing"
 KEPT_OTHER_HOLDERS = "other_holders"
+# Clocks of two daemon hosts may disagree by this much: a settle is "well before" a look past it.
+SKEW = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ def add_in_flight_until(session: Session, membership_id: int, now: datetime) -> 
 
 
 def take_hold(session: Session, request: Request, *, host: str, group_sid: str, account_sid: str, account: str,
-              target: dict[str, Any], now: datetime, add_until: datetime, reconcile_in: float) -> Hold | None:
+              looked_at: datetime, was_member: bool, target: dict[str, Any], now: datetime, add_until: datetime,
+              reconcile_in: float) -> Hold | None:
     """Record the intent to add (before the add is sent); None when the request is no longer ELEVATING.
 
     The compare-and-set on the request row serialises us with a check-in's transaction: either it
@@ -83,16 +89,23 @@ def take_hold(session: Session, request: Request, *, host: str, group_sid: str, 
         .execution_options(synchronize_session=False))
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         return None
-    session.execute(_insert(session)(Membership).values(
+    created = session.execute(_insert(session)(Membership).values(
         host=host, group_sid=group_sid, account_sid=account_sid, account=account, baseline="unknown", ours=False,
-        created_at=now, updated_at=now).on_conflict_do_nothing())
+        created_at=now, updated_at=now).on_conflict_do_nothing()).rowcount == 1  # type: ignore[attr-defined]
     membership_id = session.scalar(select(Membership.id).where(
         Membership.host == host, Membership.group_sid == group_sid, Membership.account_sid == account_sid))
     assert membership_id is not None
     membership = _locked(session, membership_id)
     settled = not membership.ours and not active_holders(session, membership.id)
     if settled:
-        membership.baseline = "unknown"  # to be decided by this grant's own add
+        # Nothing of ours is in place now. The look while resolving shows the baseline if nothing of ours
+        # was in place then either: a new membership, or one settled well before the look.
+        quiet_since = membership.settled_at
+        if created or (quiet_since is not None and quiet_since + SKEW < looked_at):
+            membership.baseline = "yes" if was_member else "no"
+            settled = False
+        else:
+            membership.baseline = "unknown"  # to be decided by this grant's own add
     membership.ours = True
     membership.account = account
     membership.updated_at = now
@@ -156,6 +169,7 @@ def settle(session: Session, membership_id: int, now: datetime) -> bool:
     if active_holders(session, membership_id) or add_in_flight_until(session, membership_id, now) is not None:
         return False
     membership.ours = False
+    membership.settled_at = now
     membership.updated_at = now
     return True
 

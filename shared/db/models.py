@@ -227,6 +227,7 @@ class Membership(Base):
     account: Mapped[str] = mapped_column(String(512))  # the name last seen, for people; never used to act
     baseline: Mapped[str] = mapped_column(String(8))
     ours: Mapped[bool] = mapped_column(Boolean, default=False)
+    settled_at: Mapped[datetime | None]  # when ours last became false (a removal confirmed, nothing in flight)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     __table_args__ = (

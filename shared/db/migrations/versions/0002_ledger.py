@@ -26,6 +26,7 @@ def upgrade() -> None:
     sa.Column('account', sa.String(length=512), nullable=False),
     sa.Column('baseline', sa.String(length=8), nullable=False),
     sa.Column('ours', sa.Boolean(), nullable=False),
+    sa.Column('settled_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.CheckConstraint("baseline IN ('yes', 'no', 'unknown')", name=op.f('ck_memberships_baseline')),
