@@ -7,12 +7,15 @@ each can begin at the state it is about.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.elevator.handler import Elevator
+from shared.clock import Clock
 from shared.db.engine import transaction
 from shared.db.models import (
     Application,
@@ -25,7 +28,10 @@ from shared.db.models import (
     User,
     UserPermission,
 )
+from shared.events import new_event
+from shared.settings import Settings
 from shared.states import State
+from shared.winrm import WinRMPort
 
 REQUESTER = ["LOGIN_TO_WEB_UI", "VIEW_APPLICATION", "CONNECT", "VIEW_SECRETS_AND_CREDENTIAL_PROVIDER_CONFIGS"]
 APPROVER = ["LOGIN_TO_WEB_UI", "APPROVE_PRIVILEGE_ELEVATION_REQUEST", "APPROVE_SECRET_ACCESS_REQUEST",
@@ -93,4 +99,28 @@ def make_request(factory: sessionmaker[Session], *, secret_id: str, host: str, s
     )
     with transaction(factory) as s:
         s.add(row)
+    return row
+
+
+def elevate(factory: sessionmaker[Session], port: WinRMPort, request: Request, *,
+            environ: Mapping[str, str] | None = None, clock: Clock | None = None,
+            settings: Settings | None = None) -> Request:
+    """Run the real elevator on an APPROVED request, so its ledger hold, membership and baseline are exactly
+    what production leaves (a row written straight as ELEVATED holds nothing, and the reaper removes nothing
+    for it). `environ` defaults to the process environment (the `password` fixtures set the password there)."""
+    settings = settings or Settings(retry_initial_seconds=0.01, retry_max_seconds=0.02, elevation_retry_seconds=0.5)
+    Elevator(factory, port, settings, clock, environ=environ).process(new_event("elevation.approved", {
+        "request_id": request.id, "checkout_id": request.checkout_id, "secret_id": request.secret_id,
+        "approver_id": "bob", "expires_at": request.expires_at or datetime.now(UTC)}, source="test"))
+    with transaction(factory) as s:
+        row = s.get(Request, request.id, populate_existing=True)
+        assert row is not None
+        return row
+
+
+def make_grant(factory: sessionmaker[Session], port: WinRMPort, *, secret_id: str, host: str,
+               environ: Mapping[str, str] | None = None, **values: Any) -> Request:
+    """An ELEVATED request as the elevator leaves it (see `elevate`); `values` as for `make_request`."""
+    row = elevate(factory, port, make_request(factory, secret_id=secret_id, host=host, **values), environ=environ)
+    assert row.state == State.ELEVATED.value, (row.state, row.error)
     return row

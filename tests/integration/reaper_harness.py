@@ -18,7 +18,7 @@ from services.reaper.revocation import Revoker
 from services.reaper.sweeper import Sweeper
 from shared.clock import Clock, SystemClock
 from shared.db.engine import transaction
-from shared.db.models import AuditEntry, OutboxEvent, Request
+from shared.db.models import AuditEntry, Hold, Membership, OutboxEvent, Request
 from shared.events import Event, new_event
 from shared.settings import Settings
 from shared.winrm import WinRMPort
@@ -55,11 +55,15 @@ class InProcessReaper:
 
     def __post_init__(self) -> None:
         self.revoker = Revoker(self.factory, self.port, self.settings, self.clock, self.stopping)
+        # As in services/reaper/main.py: what the handler and the sweeper hand over is already claimed.
         self.process: Callable[[Event], None] = make_process(
-            self.factory, self.clock, lambda rid: self.revoker.attempt(rid, in_process=True),
-            sweep_interval=self.settings.sweep_interval_seconds)
-        self.sweep = Sweeper(self.factory, self.clock, self.revoker.claim_due, lambda: 100,
-                             lambda rid: self.revoker.work(rid, in_process=False))
+            self.factory, self.clock, lambda rid: self.revoker.work(rid, in_process=True),
+            self.revoker.lease_until, sweep_interval=self.settings.sweep_interval_seconds)
+        self.sweep = Sweeper(self.factory, self.clock, self.revoker.claim_due, lambda: 100, self.submit,
+                             self.revoker.lease_until)
+
+    def submit(self, request_id: str, *, in_process: bool) -> None:
+        self.revoker.work(request_id, in_process=in_process)
 
     def deliver(self, event_type: str, **data: Any) -> Event:
         event = new_event(event_type, data, source="test")
@@ -87,6 +91,16 @@ def audit(factory: sessionmaker[Session], request_id: str) -> list[AuditEntry]:
 
 
 def set_values(factory: sessionmaker[Session], request_id: str, **values: Any) -> None:
-    """Columns `make_request` fixes (pre_existing, failed), set afterwards."""
+    """Columns `make_request` fixes (pre_existing, failed) or the elevator wrote, set afterwards."""
     with transaction(factory) as s:
         s.execute(update(Request).where(Request.id == request_id).values(**values))
+
+
+def held(factory: sessionmaker[Session], request_id: str) -> tuple[Hold, Membership]:
+    """The grant's ledger hold and the membership it holds."""
+    with transaction(factory) as s:
+        hold = s.get(Hold, request_id, populate_existing=True)
+        assert hold is not None, f"{request_id} never took hold"
+        membership = s.get(Membership, hold.membership_id, populate_existing=True)
+        assert membership is not None
+        return hold, membership

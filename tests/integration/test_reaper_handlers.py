@@ -2,11 +2,14 @@
 
 What matters: every trigger ends the request the database says is affected, the account leaves the
 group (unless another elevation or a pre-existing membership needs it), each event has one effect,
-and the outcome is in the outbox and the audit trail.
+and the outcome is in the outbox and the audit trail. Grants are made by the real elevator
+(`tests.factories.make_grant`), so the ledger holds what production leaves: the reaper removes by the
+SIDs the grant recorded, and a request that never took hold has nothing to remove.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,14 +19,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db.engine import transaction
 from shared.db.models import CheckIn
 from shared.states import State
-from shared.winrm import FakeWinRM
-from tests.factories import HostSpec, make_request, seed_config
+from shared.winrm import Credentials, FakeWinRM, HostEndpoint
+from tests.factories import HostSpec, elevate, make_grant, make_request, seed_config
 from tests.integration.reaper_harness import (
     ADMINS,
     HOST,
     InProcessReaper,
     audit,
     fast_settings,
+    held,
     outbox,
     password,
     request,
@@ -34,9 +38,21 @@ __all__ = ["password"]
 REASONS = ["service_closed", "session_timeout", "manual", "checkout_expired", "approval_expired"]
 
 
+class Fake(FakeWinRM):
+    """FakeWinRM that can run `during_add` (once) while the elevator's add is on the wire, before it lands."""
+
+    during_add: Callable[[], None] | None = None
+
+    def add_member(self, host: HostEndpoint, creds: Credentials, group_sid: str, member_sid: str) -> bool:
+        during, self.during_add = self.during_add, None
+        if during is not None:
+            during()
+        return super().add_member(host, creds, group_sid, member_sid)
+
+
 @pytest.fixture
-def fake() -> FakeWinRM:
-    return FakeWinRM()
+def fake() -> Fake:
+    return Fake()
 
 
 @pytest.fixture
@@ -46,9 +62,14 @@ def reaper(factory: sessionmaker[Session], database_url: str, fake: FakeWinRM, p
 
 
 def elevated(factory: sessionmaker[Session], fake: FakeWinRM, sid: str = "sec-0-0", **values: object) -> str:
-    row = make_request(factory, secret_id=sid, host=HOST, state=State.ELEVATED, **values)
-    fake.seed(HOST, ADMINS, row.account or "")
+    """A grant the elevator made (its add put the account in); the fake's calls start after it."""
+    row = make_grant(factory, fake, secret_id=sid, host=HOST, **values)
+    fake.calls.clear()
     return row.id
+
+
+def removals(fake: FakeWinRM) -> list[tuple[str, ...]]:
+    return [c.args for c in fake.calls if c.operation == "remove_member"]
 
 
 @pytest.mark.parametrize("reason", REASONS)
@@ -59,10 +80,16 @@ def test_checkin_revokes_an_elevated_account(reaper: InProcessReaper, factory: s
     row = request(factory, rid)
     assert row.state == State.REVOKED.value and row.end_trigger == reason and row.ended_at is not None
     assert fake.members(HOST, ADMINS) == set()
+    # By the SIDs the grant recorded: no name is looked up again at the end.
+    assert removals(fake) == [(ADMINS, fake.sid_of(HOST, "acct-0-0"))]
+    assert "resolve" not in [c.operation for c in fake.calls]
     [revoked] = outbox(factory, "elevation.revoked")
     assert revoked["request_id"] == rid and revoked["trigger"] == reason and revoked["attempts"] == 1
-    assert [(a.from_state, a.to_state, a.event_id) for a in audit(factory, rid)] == [
+    assert revoked.get("membership_kept") is None
+    assert [(a.from_state, a.to_state, a.event_id) for a in audit(factory, rid)][-2:] == [
         ("ELEVATED", "REVOKING", event.id), ("REVOKING", "REVOKED", None)]
+    _hold, membership = held(factory, rid)
+    assert not membership.ours  # settled: the host confirmed it out and no add of ours can land
     with transaction(factory) as s:
         assert s.get(CheckIn, "co-1") is not None
 
@@ -79,9 +106,16 @@ def test_checkin_cancels_a_pending_request_without_touching_the_host(
 def test_checkin_of_an_approved_request_ends_it_before_any_elevation(
         reaper: InProcessReaper, factory: sessionmaker[Session], fake: FakeWinRM) -> None:
     row = make_request(factory, secret_id="sec-0-0", host=HOST, state=State.APPROVED, checkout_id="co-a")
+    fake.seed(HOST, ADMINS, "acct-0-0")  # someone else's membership: not ours to take away
     reaper.deliver("secret.checked_in", checkout_id="co-a", secret_id="sec-0-0", reason="service_closed")
+    # It never took hold, so no add of it was ever sent: nothing to remove, no WinRM call at all.
     assert request(factory, row.id).state == State.REVOKED.value
-    assert [c.operation for c in fake.calls if c.operation in ("add_member", "remove_member")] == ["remove_member"]
+    assert fake.calls == [] and fake.members(HOST, ADMINS) == {"acct-0-0"}
+    assert outbox(factory, "elevation.revoked")[0].get("membership_kept") is None
+    assert audit(factory, row.id)[-1].details["membership_kept"] == "nothing_held"
+    # An approval event that arrives afterwards finds the checkout checked in: still nothing is added.
+    elevate(factory, fake, row)
+    assert fake.calls == [] and request(factory, row.id).state == State.REVOKED.value
 
 
 def test_checkin_for_another_secret_changes_nothing_but_records_the_checkout(
@@ -115,21 +149,25 @@ def test_membership_stays_while_another_elevation_holds_it(reaper: InProcessReap
                                                            fake: FakeWinRM) -> None:
     first = elevated(factory, fake, checkout_id="co-1")
     second = elevated(factory, fake, checkout_id="co-2")
+    # The second grant found the account in the group, but the first grant's add had put it there.
+    assert not request(factory, second).pre_existing and held(factory, second)[1].baseline == "no"
     reaper.deliver("secret.checked_in", checkout_id="co-1", secret_id="sec-0-0", reason="manual")
     assert request(factory, first).state == State.REVOKED.value
-    assert fake.members(HOST, ADMINS) == {"acct-0-0"}
+    assert fake.members(HOST, ADMINS) == {"acct-0-0"} and removals(fake) == []
     [kept] = outbox(factory, "elevation.revoked")
     assert kept["membership_kept"] == "other_holders"
     assert audit(factory, first)[-1].details["holders"] == [second]
     reaper.deliver("secret.checked_in", checkout_id="co-2", secret_id="sec-0-0", reason="manual")
     assert request(factory, second).state == State.REVOKED.value
     assert fake.members(HOST, ADMINS) == set()
+    assert outbox(factory, "elevation.revoked")[1].get("membership_kept") is None
 
 
 def test_a_pre_existing_membership_is_never_removed(reaper: InProcessReaper, factory: sessionmaker[Session],
                                                     fake: FakeWinRM) -> None:
-    rid = elevated(factory, fake, checkout_id="co-pre", elevated_at=datetime.now(UTC))
-    set_values(factory, rid, pre_existing=True)
+    fake.seed(HOST, ADMINS, "acct-0-0")  # a member before the first grant: the ledger's baseline is "yes"
+    rid = elevated(factory, fake, checkout_id="co-pre")
+    assert request(factory, rid).pre_existing and held(factory, rid)[1].baseline == "yes"
     reaper.deliver("secret.checked_in", checkout_id="co-pre", secret_id="sec-0-0", reason="manual")
     assert request(factory, rid).state == State.REVOKED.value
     assert fake.members(HOST, ADMINS) == {"acct-0-0"}
@@ -142,14 +180,15 @@ def test_operator_revoke_is_audited_with_who_and_why(reaper: InProcessReaper, fa
     rid = elevated(factory, fake)
     reaper.deliver("elevation.revoke_requested", request_id=rid, operator_id="bob", reason="incident 42")
     assert request(factory, rid).state == State.REVOKED.value
-    ending = audit(factory, rid)[0]
+    [ending] = [a for a in audit(factory, rid) if a.to_state == "REVOKING"]
     assert (ending.actor, ending.reason, ending.to_state) == ("bob", "incident 42", "REVOKING")
     assert outbox(factory, "elevation.revoked")[0]["trigger"] == "operator"
 
 
 def test_an_expiry_ends_an_elevation(reaper: InProcessReaper, factory: sessionmaker[Session],
                                      fake: FakeWinRM) -> None:
-    rid = elevated(factory, fake, expires_in=-1)
+    rid = elevated(factory, fake)
+    set_values(factory, rid, expires_at=datetime.now(UTC) - timedelta(seconds=1))
     reaper.deliver("elevation.expired", request_id=rid, reason="approval_expired")
     row = request(factory, rid)
     assert (row.state, row.end_trigger) == (State.REVOKED.value, "approval_expired")
@@ -189,20 +228,33 @@ def test_a_removal_that_keeps_failing_stays_revoking_with_a_durable_retry(
 
 
 def test_a_removal_is_not_confirmed_while_the_elevators_add_may_still_land(
-        reaper: InProcessReaper, factory: sessionmaker[Session], fake: FakeWinRM) -> None:
-    # A check-in while the elevator's add is in flight: the reaper removes, but the add may land after.
-    deadline = datetime.now(UTC) + timedelta(seconds=120)
-    row = make_request(factory, secret_id="sec-0-0", host=HOST, state=State.ELEVATING, checkout_id="co-race",
-                       lease_until=deadline, add_deadline=deadline)
-    reaper.deliver("secret.checked_in", checkout_id="co-race", secret_id="sec-0-0", reason="service_closed")
-    waiting = request(factory, row.id)
-    assert waiting.state == State.REVOKING.value and waiting.next_attempt_at == deadline
-    assert outbox(factory, "elevation.revoked") == []
-    fake.seed(HOST, ADMINS, row.account or "")  # the add lands after the reaper's removal
+        reaper: InProcessReaper, factory: sessionmaker[Session], fake: Fake) -> None:
+    # A check-in while the elevator's add is on the wire: the reaper removes ("not a member" yet), but the
+    # add may land after. The elevator took hold (add_until) before sending; there is no compensation.
+    row = make_request(factory, secret_id="sec-0-0", host=HOST, checkout_id="co-race")
+    during: dict[str, object] = {}
 
-    # The elevator's add returns, loses the race (the row is REVOKING) and hands the row back at once.
-    set_values(factory, row.id, add_deadline=None, next_attempt_at=datetime.now(UTC))
+    def check_in() -> None:
+        reaper.deliver("secret.checked_in", checkout_id="co-race", secret_id="sec-0-0", reason="service_closed")
+        during.update(row=request(factory, row.id), add_until=held(factory, row.id)[0].add_until,
+                      revoked=outbox(factory, "elevation.revoked"), removals=removals(fake))
+
+    fake.during_add = check_in
+    elevate(factory, fake, row)
+    waiting = during["row"]
+    assert isinstance(waiting, type(row)) and waiting.state == State.REVOKING.value
+    assert during["removals"] == [(ADMINS, fake.sid_of(HOST, "acct-0-0"))]  # it tried, the host said "not a member"
+    assert during["revoked"] == [], "confirmed while the add could still land"
+    assert during["add_until"] is not None and waiting.next_attempt_at == during["add_until"]
+    assert waiting.lease_until is None
+
+    # The add landed after the removal; the elevator's record (superseded) hands the row back at once.
+    assert fake.members(HOST, ADMINS) == {"acct-0-0"}
+    back = request(factory, row.id)
+    assert back.state == State.REVOKING.value and back.next_attempt_at is not None
+    assert back.next_attempt_at <= datetime.now(UTC) and held(factory, row.id)[0].add_until is None
     reaper.sweep()
     assert request(factory, row.id).state == State.REVOKED.value
     assert fake.members(HOST, ADMINS) == set(), "the late add was left on the host"
     assert len(outbox(factory, "elevation.revoked")) == 1
+    assert not held(factory, row.id)[1].ours
