@@ -61,25 +61,41 @@ def test_two_hosts_as_a_process(https: bool) -> None:
         assert (first["address"], second["address"]) == ("127.0.0.2", "127.0.0.3")
         eps = [HostEndpoint(h["address"], scheme="https" if https else "http", port=h["port"], transport="ntlm",
                             ca_file=h["ca_file"]) for h in (first, second)]
-        assert CLIENT.add_member(eps[1], creds, ADMINS, "CORP\\alice") is True
-        assert CLIENT.add_member(eps[0], creds, ADMINS, "CORP\\standing") is False
+        alice = CLIENT.resolve(eps[1], creds, ADMINS, "CORP\\alice").account_sid
+        assert CLIENT.add_member(eps[1], creds, ADMINS, alice) is True
+        standing = CLIENT.resolve(eps[0], creds, ADMINS, "CORP\\standing")
+        assert standing.member is True
+        assert CLIENT.add_member(eps[0], creds, ADMINS, standing.account_sid) is False
         state = _control(control, "/hosts/1")
         assert state["groups"][ADMINS]["members"] == ["CORP\\alice", "CORP\\standing"]
         assert _control(control, "/hosts/0")["groups"][ADMINS]["members"] == ["CORP\\standing"]
         log = _control(control, f"/hosts/127.0.0.3:{second['port']}/log")
-        assert [r["script_name"] for r in log] == ["add_member", "is_member"]
-        assert log[0]["env"]["JIT_MEMBER"] == "CORP\\alice"
+        assert [r["script_name"] for r in log] == ["resolve", "add_member"]
+        assert log[0]["env"]["JIT_MEMBER"] == "CORP\\alice" and log[1]["env"]["JIT_MEMBER_SID"] == alice
+
+        # accounts and SIDs through the control API: a domain account has one SID on both hosts
+        assert _control(control, "/hosts/1/accounts/resolve", {"name": "CORP\\standing"}) == {
+            "sid": standing.account_sid}
+        local = _control(control, "/hosts/0/members", {"group": ADMINS, "member": "app"})["member"]
+        assert local.endswith("\\app")
+        app_sid = _control(control, "/hosts/0/accounts/resolve", {"name": "app"})["sid"]
+        renamed = _control(control, "/hosts/0/accounts/rename", {"old": "app", "new": "app-renamed"})
+        assert renamed["sid"] == app_sid
+        listed = _control(control, f"/hosts/0/groups/{ADMINS}/members")
+        assert {"sid": app_sid, "name": local.replace("app", "app-renamed"), "class": "User"} in listed
+        assert CLIENT.remove_member(eps[0], creds, ADMINS, app_sid) is True
+        assert app_sid not in {m["sid"] for m in _control(control, f"/hosts/0/groups/{ADMINS}/members")}
 
         _control(control, "/hosts/0/fault", {"kind": "http500", "action": "Create", "count": 1})
         with pytest.raises(RetryableWinRMError):
-            CLIENT.is_member(eps[0], creds, ADMINS, "CORP\\standing")
+            CLIENT.is_member(eps[0], creds, ADMINS, standing.account_sid)
         session = _control(control, "/hosts/0/sessions", {"account": "CORP\\standing"})["session_id"]
         assert [s.session_id for s in CLIENT.list_sessions(eps[0], creds, "CORP\\standing")] == [session]
         _control(control, "/hosts/0/down", {"seconds": 0.5})
         with pytest.raises(RetryableWinRMError):
-            CLIENT.is_member(eps[0], creds, ADMINS, "CORP\\standing")
+            CLIENT.is_member(eps[0], creds, ADMINS, standing.account_sid)
         time.sleep(0.8)
-        assert CLIENT.is_member(eps[0], creds, ADMINS, "CORP\\standing") is True
+        assert CLIENT.is_member(eps[0], creds, ADMINS, standing.account_sid) is True
 
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()

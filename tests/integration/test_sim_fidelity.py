@@ -1,6 +1,8 @@
 """The simulator's WS-Man answers have the structure of the recorded real Windows answers
 (../shared/fixtures/windows-recorded, pypsrp recordings): element names in order with their
-prefixes, declared namespaces, Selector/CommandId shapes, streams, CommandState and ExitCode, faults."""
+prefixes, declared namespaces, Selector/CommandId shapes, streams, CommandState and ExitCode, faults; and
+its host model answers as Microsoft.PowerShell.LocalAccounts does (Get-LocalGroupMember -Member, by-SID
+changes, renames)."""
 
 # Parsing our own simulator's answers and the recorded fixtures, on loopback: no untrusted XML here.
 # ruff: noqa: S314
@@ -15,7 +17,8 @@ import pytest
 import requests
 
 from tests.integration.winrm_fixtures import BASIC, recorded, sim
-from winrm_sim import SimulatedHost
+from winrm_sim import ADMINISTRATORS, SimulatedHost
+from winrm_sim.host import Group, PSError, WindowsHost
 
 __all__ = ["sim"]
 
@@ -151,3 +154,71 @@ def test_faults_have_the_real_structure(sim: SimulatedHost, transcript: str, ind
     fault_ns = "{http://schemas.microsoft.com/wbem/wsman/1/wsmanfault}WSManFault"
     real_code = next(ET.fromstring(real).iter(fault_ns)).get("Code")
     assert next(ET.fromstring(ours).iter(fault_ns)).get("Code") == real_code
+
+
+# -- the host model against Microsoft.PowerShell.LocalAccounts (PowerShell/PowerShell src/.../LocalAccounts) --
+
+def _localaccounts_host() -> tuple[WindowsHost, Group]:
+    host = WindowsHost("WIN-SIM01")
+    host.seed_member(ADMINISTRATORS, "alice")
+    host.seed_member(ADMINISTRATORS, "CORP\\bob")
+    return host, host.groups[ADMINISTRATORS]
+
+
+def test_get_localgroupmember_member_strips_the_machine_prefix_from_members_only() -> None:
+    host, group = _localaccounts_host()
+    assert [a.full_name for a in host.check_member(group, "alice")] == ["WIN-SIM01\\alice"]
+    assert [a.full_name for a in host.check_member(group, "ALICE")] == ["WIN-SIM01\\alice"]
+    assert [a.full_name for a in host.check_member(group, "CORP\\bob")] == ["CORP\\bob"]
+    for not_matched in ("WIN-SIM01\\alice", "win-sim01\\ALICE", "bob"):  # -Member itself is never stripped
+        with pytest.raises(PSError) as info:
+            host.check_member(group, not_matched)
+        assert info.value.error_id == "PrincipalNotFound,Microsoft.PowerShell.Commands.GetLocalGroupMemberCommand"
+        assert info.value.message == f"Principal {not_matched} was not found."
+
+
+def test_get_localgroupmember_member_of_an_existing_non_member_is_principal_not_found() -> None:
+    host, group = _localaccounts_host()
+    assert host.lookup("carol") is not None  # carol exists on the host ...
+    with pytest.raises(PSError) as info:  # ... but is no member: PrincipalNotFound, not MemberNotFound
+        host.check_member(group, "carol")
+    assert info.value.error_id.startswith("PrincipalNotFound,")
+
+
+def test_get_localgroupmember_member_by_sid_and_wildcard() -> None:
+    host, group = _localaccounts_host()
+    alice = host.sid_of("alice")
+    assert [a.sid for a in host.check_member(group, alice.lower())] == [alice]
+    assert [a.full_name for a in host.check_member(group, "al*")] == ["WIN-SIM01\\alice"]
+    assert host.check_member(group, "zz*") == []  # a wildcard that matches nothing is no error
+    with pytest.raises(PSError):
+        host.check_member(group, host.sid_of("carol"))
+
+
+def test_sids_are_deterministic_and_renames_keep_them() -> None:
+    one, two, other = WindowsHost("WIN-SIM01"), WindowsHost("WIN-SIM01"), WindowsHost("WIN-SIM02")
+    assert one.machine_sid == two.machine_sid != other.machine_sid
+    assert one.sid_of("alice") == two.sid_of("alice") == f"{one.machine_sid}-1001"
+    assert one.sid_of("carol") == f"{one.machine_sid}-1002" and other.sid_of("carol") == f"{other.machine_sid}-1001"
+    assert one.sid_of("CORP\\bob") == other.sid_of("corp\\BOB") != one.sid_of("OTHER\\bob")
+    domain_users = one.lookup("CORP\\Domain Users")
+    assert domain_users is not None and domain_users.sid.endswith("-513") and domain_users.object_class == "Group"
+    assert (one.sid_of("Everyone"), one.sid_of("Authenticated Users")) == ("S-1-1-0", "S-1-5-11")
+    sid = one.sid_of("alice")
+    one.seed_member(ADMINISTRATORS, "alice")
+    one.rename_account("alice", "alice2")
+    assert one.lookup("alice") is None and one.sid_of("ALICE2") == sid
+    assert one.members(ADMINISTRATORS) == {"WIN-SIM01\\alice2"} and one.member_sids(ADMINISTRATORS) == {sid}
+
+
+def test_remove_by_sid_tells_not_a_member_from_no_such_principal() -> None:
+    host, group = _localaccounts_host()
+    with pytest.raises(PSError) as info:
+        host.remove_member_sid(group, host.sid_of("carol"))
+    assert info.value.error_id == "MemberNotFound,Microsoft.PowerShell.Commands.RemoveLocalGroupMemberCommand"
+    with pytest.raises(PSError) as info:
+        host.remove_member_sid(group, "S-1-5-21-1-2-3-4242")
+    assert info.value.error_id == "PrincipalNotFound,Microsoft.PowerShell.Commands.RemoveLocalGroupMemberCommand"
+    with pytest.raises(PSError) as info:
+        host.add_member_sid(group, host.sid_of("alice"))
+    assert info.value.error_id == "MemberExists,Microsoft.PowerShell.Commands.AddLocalGroupMemberCommand"

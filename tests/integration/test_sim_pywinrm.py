@@ -47,7 +47,9 @@ def test_run_ps_runs_only_the_fixed_scripts(sim: SimulatedHost) -> None:
     other = session.run_ps("Add-LocalGroupMember -SID S-1-5-32-544 -Member 'CORP\\bob'")
     assert other.status_code == 1 and b"not one this simulated host recognises" in other.std_err
     assert sim.members(ADMINS) == set()
-    # pywinrm's run_ps without the env vars: the script fails the way PowerShell would ($env:JIT_GROUP is null)
-    answer = session.run_ps(scripts.IS_MEMBER)
-    assert answer.status_code == 1 and b'"status":"error"' in answer.std_out
+    # pywinrm's run_ps without the env vars: each script fails the way PowerShell would ($env:JIT_* is null)
+    for script in (scripts.RESOLVE, scripts.ADD_MEMBER_SID, scripts.REMOVE_MEMBER_SID, scripts.LIST_MEMBERS):
+        answer = session.run_ps(script)
+        assert answer.status_code == 1 and b'"status":"error"' in answer.std_out
+    assert sim.members(ADMINS) == set()
     assert session.run_cmd("calc.exe").status_code == 1

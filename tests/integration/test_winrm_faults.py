@@ -1,5 +1,6 @@
 """MembershipClient under failure: every fault jit-winrm-sim can inject maps to the right error class,
-retryable ones heal on retry, ambiguous failures are re-verified, and shells are never leaked."""
+retryable ones heal on retry, ambiguous failures are re-verified, shells are never leaked, and no call
+outlives max_call_seconds (deadline_sec plus the fixed slack), whatever the host does."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ __all__ = ["sim", "tls_sim"]
 
 
 def _add(host: SimulatedHost, transport: str = "basic", **client_kw: float) -> bool:
-    return fast_client(**client_kw).add_member(endpoint(host, transport), creds(transport), ADMINS, "CORP\\bob")
+    bob = host.sid_of("CORP\\bob")
+    return fast_client(**client_kw).add_member(endpoint(host, transport), creds(transport), ADMINS, bob)
 
 
 @pytest.mark.parametrize("transport", ["basic", "ntlm"])
@@ -44,9 +46,9 @@ def test_http_500_without_soap_is_retryable(sim: SimulatedHost, transport: str, 
 @pytest.mark.parametrize("transport", ["basic", "ntlm"])
 def test_http_500_on_receive_is_ambiguous_and_reverified(sim: SimulatedHost, transport: str) -> None:
     sim.inject("http500", "Receive", count=1)
-    assert _add(sim, transport) is True  # the command had run; is_member confirmed it
+    assert _add(sim, transport) is True  # the command had run; a listing confirmed it
     names = [r.script_name for r in sim.command_log]
-    assert names == ["add_member", "is_member"]
+    assert names == ["add_member", "list_members"]
 
 
 @pytest.mark.parametrize(
@@ -79,11 +81,57 @@ def test_fault_after_command_ran_on_signal_and_delete_is_harmless(sim: Simulated
 def test_slow_command_beyond_deadline_is_ambiguous_and_reverified(sim: SimulatedHost) -> None:
     sim.set_command_delay(2.5)  # Receive answers w:TimedOut each second until the command is done
     client = fast_client(deadline_sec=1.0)
-    ep, cr = endpoint(sim), creds("basic")
-    with pytest.raises(RetryableWinRMError):  # the re-verify is slow too (same delay), so it cannot confirm
-        client.add_member(ep, cr, ADMINS, "CORP\\slow")
+    ep, cr, slow = endpoint(sim), creds("basic"), sim.sid_of("CORP\\slow")
+    with pytest.raises(RetryableWinRMError):  # no time is left to re-verify within the deadline
+        client.add_member(ep, cr, ADMINS, slow)
     sim.set_command_delay(0)
-    assert client.is_member(ep, cr, ADMINS, "CORP\\slow") is True  # it did run: hence "ambiguous"
+    assert client.is_member(ep, cr, ADMINS, slow) is True  # it did run: hence "ambiguous"
+
+
+@pytest.mark.parametrize("transport", ["basic", "ntlm"])
+def test_a_slow_host_cannot_stretch_a_call_past_max_call_seconds(sim: SimulatedHost, transport: str) -> None:
+    client = fast_client(deadline_sec=2.0)
+    ep, cr, bob = endpoint(sim, transport), creds(transport), sim.sid_of("CORP\\bob")
+    sim.set_command_delay(30)  # the command never finishes in time: Receive after Receive times out
+    started = time.monotonic()
+    with pytest.raises(RetryableWinRMError):
+        client.add_member(ep, cr, ADMINS, bob)
+    assert time.monotonic() - started <= client.max_call_seconds
+    sim.clear_faults()
+    sim.inject("delay", "*", count=None, seconds=1.5)  # every answer late (but within read_timeout_sec=2)
+    started = time.monotonic()
+    with pytest.raises(RetryableWinRMError):
+        client.remove_member(ep, cr, ADMINS, bob)
+    assert time.monotonic() - started <= client.max_call_seconds
+
+
+def test_cleanup_after_the_deadline_is_bounded_too(sim: SimulatedHost) -> None:
+    client = fast_client(operation_timeout_sec=5, read_timeout_sec=10, deadline_sec=1.5)  # reads may take 10 s
+    sim.inject("delay", "Receive", count=1, seconds=1.2)
+    sim.inject("delay", "Delete", count=1, seconds=10)  # a host that hangs on Delete
+    started = time.monotonic()
+    assert client.add_member(endpoint(sim), creds("basic"), ADMINS, sim.sid_of("CORP\\bob")) is True
+    elapsed = time.monotonic() - started
+    assert elapsed <= client.max_call_seconds and client.max_call_seconds < 10
+    assert sim.members(ADMINS) == {"CORP\\bob"}
+
+
+def test_waiting_for_a_shell_slot_counts_against_the_deadline(sim: SimulatedHost) -> None:
+    client = fast_client(deadline_sec=1.0, max_shells_per_host=1)
+    sim.set_command_delay(3)
+    ep, cr = endpoint(sim), creds("basic")
+    def hold_the_slot() -> None:
+        with pytest.raises(WinRMError):
+            client.list_members(ep, cr, ADMINS)
+
+    holder = threading.Thread(target=hold_the_slot)
+    holder.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    with pytest.raises(RetryableWinRMError):
+        client.add_member(ep, cr, ADMINS, sim.sid_of("CORP\\bob"))
+    assert time.monotonic() - started <= client.max_call_seconds
+    holder.join()
 
 
 def test_slow_command_within_deadline_succeeds(sim: SimulatedHost) -> None:
@@ -99,7 +147,8 @@ def test_read_timeout_after_the_change_is_reverified_as_success(sim: SimulatedHo
     assert _add(sim, transport) is True  # the ReadTimeout was ambiguous; is_member confirmed the change
     assert sim.members(ADMINS) == {"CORP\\bob"}
     sim.inject("delay", "Receive", count=1, seconds=2.5)
-    assert fast_client().remove_member(endpoint(sim, transport), creds(transport), ADMINS, "CORP\\bob") is True
+    bob = sim.sid_of("CORP\\bob")
+    assert fast_client().remove_member(endpoint(sim, transport), creds(transport), ADMINS, bob) is True
     assert sim.members(ADMINS) == set()
 
 
@@ -154,7 +203,7 @@ def test_password_never_in_errors(sim: SimulatedHost) -> None:
     for arrange in (lambda: None, lambda: sim.inject("http500", "Create"), lambda: sim.stop()):
         arrange()
         with pytest.raises(WinRMError) as info:
-            fast_client().add_member(endpoint(sim), cr, ADMINS, "CORP\\bob")
+            fast_client().add_member(endpoint(sim), cr, ADMINS, sim.sid_of("CORP\\bob"))
         failures.append(info.value)
     for error in failures:
         assert secret not in str(error) and secret not in repr(error) and secret not in error.detail
@@ -172,7 +221,7 @@ def test_quota_max_shells_per_user_and_the_client_cap() -> None:
             def one(i: int) -> None:
                 try:
                     outcome: BaseException | bool = client.is_member(
-                        endpoint(host), creds("basic"), ADMINS, f"CORP\\u{i}")
+                        endpoint(host), creds("basic"), ADMINS, host.sid_of(f"CORP\\u{i}"))
                 except WinRMError as exc:
                     outcome = exc
                 with lock:
@@ -195,13 +244,14 @@ def test_quota_max_shells_per_user_and_the_client_cap() -> None:
 def test_untrusted_certificate_is_permanent(tls_sim: SimulatedHost) -> None:
     ep = HostEndpoint(tls_sim.address, scheme="https", port=tls_sim.port, transport="basic", ca_file=None)
     with pytest.raises(TLSError) as info:
-        fast_client().add_member(ep, creds("basic"), ADMINS, "CORP\\bob")
+        fast_client().add_member(ep, creds("basic"), ADMINS, tls_sim.sid_of("CORP\\bob"))
     assert not info.value.retryable
     other = SimulatedHost(https=True)  # a different CA
     try:
         ep = endpoint(tls_sim, "ntlm", ca_file=other.ca_file)
         with pytest.raises(TLSError):
-            fast_client().add_member(ep, creds("ntlm"), ADMINS, "CORP\\bob")
+            fast_client().add_member(ep, creds("ntlm"), ADMINS, tls_sim.sid_of("CORP\\bob"))
     finally:
         other.close()
-    assert fast_client().add_member(endpoint(tls_sim, "ntlm"), creds("ntlm"), ADMINS, "CORP\\tls-ok") is True
+    ok = tls_sim.sid_of("CORP\\tls-ok")
+    assert fast_client().add_member(endpoint(tls_sim, "ntlm"), creds("ntlm"), ADMINS, ok) is True

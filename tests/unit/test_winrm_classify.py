@@ -14,6 +14,7 @@ from winrm.exceptions import (
 from shared.winrm import InvalidNameError, MembershipClient, PermanentWinRMError, RetryableWinRMError, WinRMError
 from shared.winrm.classify import classify
 from shared.winrm.errors import AccessDeniedError, AuthenticationError, TLSError
+from shared.winrm.shell import CLEANUP_GRACE_SEC, DeadlineExceeded
 
 
 def _fault(code: str, sub: str, wsman: int | None = None, wmi: int | None = None) -> WSManFaultError:
@@ -41,6 +42,7 @@ def _fault(code: str, sub: str, wsman: int | None = None, wmi: int | None = None
         (_fault("s:Sender", "w:InvalidSelectors", 2150858843), PermanentWinRMError),
         (AssertionError(), RetryableWinRMError),
         (StopIteration(), RetryableWinRMError),
+        (DeadlineExceeded("no time left"), RetryableWinRMError),
     ],
 )
 def test_classification(exc: BaseException, expected: type[WinRMError]) -> None:
@@ -65,3 +67,11 @@ def test_client_timeouts_are_checked() -> None:
         MembershipClient(operation_timeout_sec=5, read_timeout_sec=5)
     with pytest.raises(ValueError):
         MembershipClient(max_shells_per_host=0)
+
+
+def test_max_call_seconds_is_the_deadline_plus_a_fixed_slack() -> None:
+    client = MembershipClient(deadline_sec=7.5)
+    assert client.max_call_seconds == 7.5 + client.deadline_slack_sec
+    assert CLEANUP_GRACE_SEC < client.deadline_slack_sec <= 5.0
+    assert MembershipClient(deadline_sec=60).max_call_seconds - 60 == client.max_call_seconds - 7.5
+    assert "deadline exceeded" in str(classify(DeadlineExceeded("x"), "h", "add_member", "pw"))
