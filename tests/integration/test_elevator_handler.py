@@ -263,7 +263,8 @@ class ReaperDuringAdd(FakeWinRM):
     def __init__(self, factory: sessionmaker[Session], request: Request) -> None:
         super().__init__()
         self.factory, self.request = factory, request
-        self.reaper = InProcessReaper(factory, self, fast_settings(factory.kw["bind"].url.render_as_string(hide_password=False)))
+        url = factory.kw["bind"].url.render_as_string(hide_password=False)
+        self.reaper = InProcessReaper(factory, self, fast_settings(url))
         self.state_during_add: str | None = None
 
     def check_in(self) -> None:

@@ -2,8 +2,9 @@
 
 Events go in through the broker (`elevation.approved`) and come out through the outbox relay; a
 tap queue bound to `#` sees everything published. The simulator's fault modes drive the retry,
-failure and race paths. The helpers here (`EventTap`, `running_elevator`, `publish_approved`) are
-reused by the e2e tests.
+failure and race paths; in the races the real reaper (in-process, tests.integration.reaper_harness)
+ends the request and removes by SID, and waits for the elevator's add to return before confirming.
+The helpers here (`running_elevator`, `publish_approved`) are reused by the e2e tests.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from shared.amqp.publisher import Publisher
 from shared.daemon import Runtime
 from shared.db.engine import transaction
 from shared.db.models import AuditEntry, CheckIn, Request
-from shared.db.transitions import Cause, load, transition
+from shared.db.transitions import load
 from shared.events import format_time, new_event
 from shared.settings import Settings
-from shared.states import State, Trigger
+from shared.states import State
 from shared.winrm import MembershipClient
 from tests.factories import ADMINISTRATORS, PASSWORD_ENV, HostSpec, make_request, seed_config
+from tests.integration.reaper_harness import InProcessReaper, fast_settings
 from tests.support import EventTap, poll, running
 from winrm_sim import SimulatedHost
 
@@ -138,7 +140,7 @@ def test_bad_credentials_fail_to_revoking(world: tuple[EventTap, Publisher], fac
     req = make_request(factory, secret_id="sec-0-0", host=sim.address)
     publish_approved(publisher, req)
     [event] = tap.wait_for("elevation.failed", req.id)
-    assert "is_member" in event["data"]["error"] and f"{sim.address}:{sim.port}" in event["data"]["error"]
+    assert "resolve" in event["data"]["error"] and f"{sim.address}:{sim.port}" in event["data"]["error"]
     assert PASSWORD not in json.dumps(event)
     with factory() as s:
         row = load(s, req.id)
@@ -200,7 +202,9 @@ def test_pre_existing_membership_is_left_alone(world: tuple[EventTap, Publisher]
     publish_approved(publisher, req)
     [event] = tap.wait_for("elevation.elevated", req.id)
     assert event["data"]["pre_existing"] is True
-    assert scripts_run(sim, "add_member") == 0 and "elevation.pre_existing" in actions(factory, req.id)
+    # The add is always sent; "already a member" is its success, and the member stays as it was.
+    assert scripts_run(sim, "add_member") == 1 and "elevation.pre_existing" in actions(factory, req.id)
+    assert sim.members(ADMINISTRATORS) == {MEMBER}
 
 
 def test_two_holders_share_one_membership(world: tuple[EventTap, Publisher], factory: sessionmaker[Session],
@@ -212,54 +216,53 @@ def test_two_holders_share_one_membership(world: tuple[EventTap, Publisher], fac
     second = make_request(factory, secret_id="sec-0-1", host=sim.address, account="acct-0-0")
     publish_approved(publisher, second)
     [event] = tap.wait_for("elevation.elevated", second.id)
-    assert event["data"]["pre_existing"] is False
-    assert scripts_run(sim, "add_member") == 1 and sim.members(ADMINISTRATORS) == {MEMBER}
+    assert event["data"]["pre_existing"] is False  # the first grant's add explains the membership
+    assert scripts_run(sim, "add_member") == 2 and sim.members(ADMINISTRATORS) == {MEMBER}
 
 
-def end_like_the_reaper(factory: sessionmaker[Session], request_id: str) -> None:
-    now = datetime.now(UTC)
-    with transaction(factory) as s:
-        row = load(s, request_id)
-        assert row is not None
-        assert transition(s, row, Trigger.END, now=now, cause=Cause("test-reaper", reason="checked in"),
-                          values={"revoking_since": now, "end_trigger": "checked_in"}) == State.REVOKING
+@pytest.fixture
+def reaper(fast: Settings, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> InProcessReaper:
+    """The real reaper, in-process (revocations run synchronously on the test's thread)."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    settings = fast_settings(fast.database_url)
+    return InProcessReaper(factory, client(settings), settings)
 
 
-def confirm_like_the_reaper(factory: sessionmaker[Session], request_id: str) -> None:
-    with transaction(factory) as s:
-        row = load(s, request_id)
-        assert row is not None
-        assert transition(s, row, Trigger.REMOVAL_CONFIRMED, now=datetime.now(UTC),
-                          cause=Cause("test-reaper")) == State.REVOKED
+def check_in(reaper: InProcessReaper, request: Request) -> None:
+    reaper.deliver("secret.checked_in", checkout_id=request.checkout_id, secret_id=request.secret_id,
+                   reason="service_closed")
 
 
 def test_check_in_before_the_add_means_no_add(world: tuple[EventTap, Publisher], factory: sessionmaker[Session],
-                                              sim: SimulatedHost) -> None:
-    """The reaper's part is played here: the request ends while we ask the host; no add is ever sent."""
+                                              sim: SimulatedHost, reaper: InProcessReaper) -> None:
+    """The request ends while we resolve: the grant never takes hold, no add is ever sent, and the reaper
+    ends it without a WinRM call."""
     tap, publisher = world
     sim.set_command_delay(1.0)  # every command answers 1 s late
     req = make_request(factory, secret_id="sec-0-0", host=sim.address)
     publish_approved(publisher, req)
     poll(lambda: state_of(factory, req.id) == State.ELEVATING, 10, "ELEVATING")
-    end_like_the_reaper(factory, req.id)
-    confirm_like_the_reaper(factory, req.id)  # its removal found nothing
+    check_in(reaper, req)
+    assert state_of(factory, req.id) == State.REVOKED  # nothing held: nothing to remove
     poll(lambda: "elevation.superseded" in actions(factory, req.id), 20, "the elevator giving up")
-    assert scripts_run(sim, "add_member") == 0 and sim.members(ADMINISTRATORS) == set()
-    assert tap.of("elevation.elevated", req.id) == []
+    assert scripts_run(sim, "add_member") == 0 and scripts_run(sim, "remove_member") == 0
+    assert sim.members(ADMINISTRATORS) == set() and tap.of("elevation.elevated", req.id) == []
 
 
 def test_check_in_during_a_slow_add_ends_with_the_account_out(
-        world: tuple[EventTap, Publisher], factory: sessionmaker[Session], sim: SimulatedHost) -> None:
-    """The add has run on the host but its answer is 1 s away when the reaper ends and removes it."""
+        world: tuple[EventTap, Publisher], factory: sessionmaker[Session], sim: SimulatedHost,
+        reaper: InProcessReaper) -> None:
+    """The add has run on the host but its answer is 1 s away when the reaper ends the request and removes:
+    the reaper confirms nothing while the add may still land, and finishes once it has returned."""
     tap, publisher = world
     sim.set_command_delay(1.0)
     req = make_request(factory, secret_id="sec-0-0", host=sim.address)
     publish_approved(publisher, req)
     poll(lambda: scripts_run(sim, "add_member") == 1, 10, "the add on the host")
-    end_like_the_reaper(factory, req.id)
-    sim.unseed_member(ADMINISTRATORS, "acct-0-0")  # the reaper's removal
-    confirm_like_the_reaper(factory, req.id)
-    # The adapter's verification now fails (retryable); the retry sees the request ended and sends no add.
-    poll(lambda: "elevation.compensated" in actions(factory, req.id), 20, "compensation")
+    check_in(reaper, req)
+    poll(lambda: "elevation.superseded" in actions(factory, req.id), 20, "the elevator's add returning")
+    poll(lambda: reaper.sweep() or state_of(factory, req.id) == State.REVOKED, 20, "the reaper's confirmation")
     assert sim.members(ADMINISTRATORS) == set() and scripts_run(sim, "add_member") == 1
-    assert tap.of("elevation.elevated", req.id) == [] and state_of(factory, req.id) == State.REVOKED
+    assert "elevation.compensated" not in actions(factory, req.id)  # the elevator removes nothing itself
+    assert tap.of("elevation.elevated", req.id) == []
+    assert len(tap.wait_for("elevation.revoked", req.id)) == 1

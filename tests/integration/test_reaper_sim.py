@@ -1,5 +1,6 @@
 """The reaper against the WinRM simulator over real HTTP, with the real adapter, on both databases:
-removal and verification, logon sessions, and each fault mode (down, 500s, slow, bad credentials)."""
+removal by SID and verification, logon sessions, and each fault mode (down, 500s, slow, bad credentials).
+Each grant is made by the real elevator against the same simulator, so the ledger holds its SIDs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.states import State
 from shared.winrm import MembershipClient
-from tests.factories import PASSWORD_ENV, HostSpec, make_request, seed_config
+from tests.factories import PASSWORD_ENV, HostSpec, make_grant, seed_config
 from tests.integration.reaper_harness import InProcessReaper, audit, fast_settings, outbox, request
 from tests.integration.winrm_fixtures import ADMINS, SVC_PASSWORD, SVC_USER, WARNING_FILTERS
 from winrm_sim import SimulatedHost
@@ -28,16 +29,21 @@ def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimulatedHost]:
     host.close()
 
 
+def client() -> MembershipClient:
+    return MembershipClient(operation_timeout_sec=1, read_timeout_sec=2, deadline_sec=10.0)
+
+
 def make_reaper(factory: sessionmaker[Session], database_url: str, sim: SimulatedHost, *, on_revoke: str = "report",
                 **settings: object) -> InProcessReaper:
     seed_config(factory, [HostSpec("127.0.0.1", sim.port)], on_revoke=on_revoke)
-    client = MembershipClient(operation_timeout_sec=1, read_timeout_sec=2, deadline_sec=10.0)
-    return InProcessReaper(factory, client, fast_settings(database_url, **settings))
+    return InProcessReaper(factory, client(), fast_settings(database_url, **settings))
 
 
 def elevate(factory: sessionmaker[Session], sim: SimulatedHost) -> str:
-    sim.seed_member(ADMINS, ACCOUNT)
-    return make_request(factory, secret_id="sec-0-0", host="127.0.0.1", state=State.ELEVATED).id
+    """A grant the elevator made on the simulator: its add put the account in."""
+    rid = make_grant(factory, client(), secret_id="sec-0-0", host="127.0.0.1").id
+    assert sim.members(ADMINS) == {f"WIN-SIM01\\{ACCOUNT}"}
+    return rid
 
 
 def revoke(reaper: InProcessReaper, request_id: str) -> None:
@@ -62,7 +68,9 @@ def test_revocation_removes_the_account_on_the_host(factory: sessionmaker[Sessio
     revoke(reaper, rid)
     assert request(factory, rid).state == State.REVOKED.value
     assert sim.members(ADMINS) == set()
-    assert audit(factory, rid)[-1].details["host_said"] == "removed"
+    details = audit(factory, rid)[-1].details
+    assert details["host_said"] == "removed"
+    assert (details["group_sid"], details["account_sid"]) == (ADMINS, sim.sid_of(ACCOUNT))  # removed by SID
 
 
 @pytest.mark.parametrize("on_revoke", ["logoff", "report"])
