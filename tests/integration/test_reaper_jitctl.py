@@ -1,4 +1,7 @@
-"""`jitctl revoke` and `jitctl revocations` on both databases, the real broker and the WinRM simulator."""
+"""`jitctl revoke` and `jitctl revocations` on both databases, the real broker and the WinRM simulator.
+
+A stalled revocation here is a real grant (made by the elevator on the simulator, so the ledger holds its
+SIDs) that the reaper ended and could not finish; `--force` removes by those SIDs, per the plan."""
 
 from __future__ import annotations
 
@@ -11,10 +14,14 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from jitctl.main import main
+from services.reaper.ending import end_request
+from shared.db.engine import transaction
+from shared.db.transitions import Cause, load
 from shared.settings import Settings
 from shared.states import State
+from shared.winrm import MembershipClient
 from tests.conftest import settings_env
-from tests.factories import PASSWORD_ENV, HostSpec, make_request, seed_config
+from tests.factories import PASSWORD_ENV, HostSpec, make_grant, make_request, seed_config
 from tests.integration.reaper_harness import audit, outbox, request, set_values
 from tests.integration.winrm_fixtures import ADMINS, SVC_PASSWORD, SVC_USER, WARNING_FILTERS
 from winrm_sim import SimulatedHost
@@ -43,11 +50,16 @@ def jitctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, st
 
 
 def stalled(factory: sessionmaker[Session]) -> str:
+    """A grant the elevator made (the account is in), ended by the reaper, whose removal kept failing."""
+    client = MembershipClient(operation_timeout_sec=1, read_timeout_sec=2, deadline_sec=10.0)
+    rid = make_grant(factory, client, secret_id="sec-0-0", host="127.0.0.1").id
     now = datetime.now(UTC)
-    rid = make_request(factory, secret_id="sec-0-0", host="127.0.0.1", state=State.REVOKING,
-                       last_error="winrm remove_member on 127.0.0.1 failed: refused", revoking_since=now,
-                       stalled_at=now, next_attempt_at=now, end_trigger="manual").id
-    set_values(factory, rid, attempts=40)
+    with transaction(factory) as s:
+        row = load(s, rid)
+        assert row is not None
+        assert end_request(s, row, now=now, end_trigger="manual", cause=Cause("connection-workflow")) is State.REVOKING
+    set_values(factory, rid, attempts=40, last_error="winrm remove_member on 127.0.0.1 failed: refused",
+               stalled_at=now)
     return rid
 
 
@@ -89,8 +101,8 @@ def test_revocations_lists_the_stalled_ones(sim: SimulatedHost, factory: session
 def test_force_marks_revoked_only_after_the_host_confirms(sim: SimulatedHost, factory: sessionmaker[Session],
                                                           capsys: pytest.CaptureFixture[str], member: bool) -> None:
     rid = stalled(factory)
-    if member:
-        sim.seed_member(ADMINS, ACCOUNT)
+    if not member:
+        sim.unseed_member(ADMINS, ACCOUNT)  # someone took it out by hand; the host is asked all the same
     code, _, err = jitctl(capsys, "revoke", rid, "--force", "--as", "carol", "--reason", "fixed the firewall")
     assert code == 0, err
     assert request(factory, rid).state == State.REVOKED.value and sim.members(ADMINS) == set()
@@ -103,7 +115,6 @@ def test_force_marks_revoked_only_after_the_host_confirms(sim: SimulatedHost, fa
 def test_force_refuses_while_the_host_cannot_confirm(sim: SimulatedHost, factory: sessionmaker[Session],
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     rid = stalled(factory)
-    sim.seed_member(ADMINS, ACCOUNT)
     sim.stop()
     code, _, err = jitctl(capsys, "revoke", rid, "--force", "--as", "carol", "--reason", "r")
     assert code == 1 and "nothing was marked" in err and "Traceback" not in err
@@ -115,3 +126,15 @@ def test_force_refuses_a_revocation_that_is_not_stalled(sim: SimulatedHost, fact
     rid = make_request(factory, secret_id="sec-0-0", host="127.0.0.1", state=State.ELEVATED).id
     code, _, err = jitctl(capsys, "revoke", rid, "--force", "--as", "carol", "--reason", "r")
     assert code == 1 and "only closes a stalled revocation" in err
+
+
+def test_force_closes_a_revocation_that_never_took_hold_without_the_host(
+        sim: SimulatedHost, factory: sessionmaker[Session], capsys: pytest.CaptureFixture[str]) -> None:
+    now = datetime.now(UTC)
+    rid = make_request(factory, secret_id="sec-0-0", host="127.0.0.1", state=State.REVOKING, revoking_since=now,
+                       stalled_at=now, next_attempt_at=now, end_trigger="manual").id
+    sim.stop()  # no add of it was ever sent, so there is nothing the host must confirm
+    code, out, err = jitctl(capsys, "revoke", rid, "--force", "--as", "carol", "--reason", "r")
+    assert code == 0, err
+    assert request(factory, rid).state == State.REVOKED.value and "nothing_held" in out
+    assert audit(factory, rid)[-1].details["host_said"] == "nothing_held"
