@@ -20,6 +20,7 @@ from shared.db.targets import Target, TargetError, target_for
 from shared.db.transitions import Cause, load, transition
 from shared.settings import Settings
 from shared.states import State, Trigger
+from shared.winrm.client import DEADLINE_SLACK_SEC
 
 CONSUMER = "elevator"
 ACTOR = "jit-elevator"
@@ -42,6 +43,14 @@ class Claim:
     add_until: datetime  # no add of this grant may land after this (its lease; the reaper relies on it)
     target: Target | None  # None when the configuration no longer reaches the host (see `error`)
     error: str | None = None
+
+
+LEASE_MARGIN_SECONDS = 5.0
+
+
+def call_bound(settings: Settings) -> float:
+    """The longest one WinRM call of the adapter can take, verification and cleanup included."""
+    return settings.winrm_deadline_seconds + DEADLINE_SLACK_SEC
 
 
 def retry_budget(settings: Settings, now: datetime, expires_at: datetime) -> float:
@@ -77,10 +86,10 @@ def claim(session: Session, request_id: str, event_id: str, now: datetime, setti
     if reason is None:
         expires_at = request.expires_at or now
         budget = retry_budget(settings, now, expires_at)
-        # The lease covers the retry budget plus one last attempt (lease_seconds >= winrm_deadline_seconds):
-        # the reaper's sweeper takes an ELEVATING row back only once it has expired.
-        # Every add of this grant is sent early enough to have returned by then (see membership.py).
-        lease = now + timedelta(seconds=settings.lease_seconds + budget)
+        # The lease covers the retry budget plus a last resolve and a last add, each bounded by the adapter
+        # (`call_bound`); every add is sent early enough to have returned by then (see membership.py), so
+        # the reaper's sweeper, which takes an ELEVATING row back once it has expired, never races an add.
+        lease = now + timedelta(seconds=budget + 2 * call_bound(settings) + LEASE_MARGIN_SECONDS)
         started = transition(session, request, Trigger.START_ELEVATION, now=now, cause=Cause(ACTOR, event_id),
                              values={"lease_until": lease},
                              details={"retry_budget_seconds": round(budget, 3)})

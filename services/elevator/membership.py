@@ -22,6 +22,7 @@ from shared.retrying import call, retrying
 from shared.settings import Settings
 from shared.sids import account_refusal
 from shared.winrm import PermanentWinRMError, WinRMError, WinRMPort
+from shared.winrm.client import DEADLINE_SLACK_SEC
 from shared.winrm.endpoint import Resolved
 
 T = TypeVar("T")
@@ -62,7 +63,8 @@ class Membership:
         self._environ = environ
         self._sleep = sleep
         # The longest one WinRM call can take, slot wait and verification included (the adapter's bound).
-        self._call_bound = float(getattr(port, "max_call_seconds", settings.winrm_deadline_seconds + 10))
+        fallback = settings.winrm_deadline_seconds + DEADLINE_SLACK_SEC
+        self._call_bound = float(getattr(port, "max_call_seconds", fallback))
 
     def elevate(self, target: Target, budget: float, grant: Grant) -> Outcome:
         """Make the account a member of the group; never raises for host trouble."""

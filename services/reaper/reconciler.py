@@ -36,6 +36,7 @@ from shared.events import MembershipDrift, new_event
 from shared.settings import Settings
 from shared.states import State
 from shared.winrm import WinRMError, WinRMPort
+from shared.winrm.client import DEADLINE_SLACK_SEC
 from shared.winrm.endpoint import GroupMember
 
 ACTOR = "reconciler"
@@ -61,7 +62,8 @@ class Reconciler:
         self.port = port
         self.settings = settings
         self.clock = clock
-        self._call_bound = float(getattr(port, "max_call_seconds", settings.winrm_deadline_seconds + 10))
+        fallback = settings.winrm_deadline_seconds + DEADLINE_SLACK_SEC
+        self._call_bound = float(getattr(port, "max_call_seconds", fallback))
 
     def __call__(self) -> None:
         for host, group_sid in self.claim_due(BATCH):

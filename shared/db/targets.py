@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from shared.credentials import CredentialError, resolve_password
 from shared.db.models import CredentialProvider, Host, Request, Secret, Task
+from shared.hosts import canonical_host
 from shared.states import HOLDS_MEMBERSHIP
 from shared.winrm import Credentials, HostEndpoint
 from shared.winrm.names import member_name
@@ -68,7 +69,8 @@ def target_for(session: Session, request: Request) -> Target:
     if secret is None:
         raise TargetError(f"secret {request.secret_id} is no longer configured")
     host = session.scalars(
-        select(Host).where(Host.application_id == secret.application_id, Host.address == request.host)
+        select(Host).where(Host.application_id == secret.application_id,
+                           Host.address == canonical_host(request.host))
     ).first()
     if host is None:
         raise TargetError(f"host {request.host} is not a host of application {secret.application_id}")
