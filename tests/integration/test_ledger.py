@@ -343,3 +343,23 @@ def test_jitctl_drift_and_memberships_show_what_the_reconciler_found(world: Worl
                      "account_sid": world.fake.sid_of(HOST, ACCOUNT), "baseline": "no", "ours": True,
                      "holders": [request.id]}]
     assert "sneaky" in run("drift")
+
+
+def test_a_check_in_claims_its_revocation_in_the_same_transaction(world: World) -> None:
+    """The sweeper must not claim what the handler is about to run (it used to, then the pool declined it
+    as already held and the request waited a whole lease with nobody working on it)."""
+    from services.reaper.handlers import make_process
+    from shared.clock import SystemClock
+
+    request = world.request()
+    world.elevate(request)
+    started: list[str] = []
+    process = make_process(world.factory, SystemClock(), started.append, world.revoker.lease_until,
+                           sweep_interval=1.0)
+    process(new_event("secret.checked_in", {"checkout_id": request.checkout_id, "secret_id": request.secret_id,
+                                            "reason": "manual"}, source="pam/test"))
+    assert started == [request.id]
+    assert world.revoker.claim_due(10) == [], "the sweeper could claim a revocation the handler already runs"
+    with transaction(world.factory) as session:
+        row = load(session, request.id)
+        assert row is not None and row.lease_until is not None and row.next_attempt_at == row.lease_until
