@@ -2,8 +2,10 @@
 
 Both daemons run as processes; the simulated host answers every command 1 s late, and the check-in
 is published once the add has run on the host but before its answer is back: the reaper ends the
-request and removes the account while the elevator still waits for (and verifies) its add. Whatever
-order things land in, the account must end out of the group and nothing says "elevated".
+request and removes the account by SID while the elevator still waits for its add. The elevator
+compensates nothing; the reaper does not confirm while the add may still land (the grant's hold
+`add_until`) and finishes once the elevator has recorded that it returned. Whatever order things land
+in, the account must end out of the group and nothing says "elevated".
 """
 
 from __future__ import annotations
@@ -56,4 +58,7 @@ def test_check_in_during_a_slow_add_leaves_the_account_out(
         tap.close()
     assert codes == [0, 0]
     assert sim.members(ADMINISTRATORS) == set()
-    assert "start_elevation" in actions(factory, req.id)
+    done = actions(factory, req.id)
+    assert "start_elevation" in done and "elevation.compensated" not in done
+    # Never confirmed before the elevator's add had returned (and been recorded).
+    assert done.index("elevation.superseded") < done.index("removal_confirmed"), done

@@ -112,7 +112,8 @@ def test_two_replicas_elevate_each_request_exactly_once(settings: Settings, fact
     assert states == {State.ELEVATED.value: REQUESTS}
     assert set(starts.values()) == {1} and len(starts) == REQUESTS
     for sim in sims:
-        adds = collections.Counter(c.env.get("JIT_MEMBER") for c in sim.command_log if c.script_name == "add_member")
+        adds = collections.Counter(c.env.get("JIT_MEMBER_SID") for c in sim.command_log
+                                   if c.script_name == "add_member")
         assert len(adds) == sum(1 for r in requests if r.host == sim.address)
         assert set(adds.values()) == {1}, "an account was added more than once"
     work = [log_events(log)["elevation.elevated"] for log in logs]

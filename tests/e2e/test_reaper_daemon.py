@@ -1,5 +1,7 @@
 """Real `jit-reaper` processes: revocation end to end, SIGKILL at each point of a revocation, replicas
-revoking each elevation exactly once, and a host that is down when the check-ins arrive."""
+revoking each elevation exactly once, and a host that is down when the check-ins arrive. Each elevation
+is a real grant (the elevator's add on the simulator, its SIDs in the ledger), so the reaper has
+something of ours to remove."""
 
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.engine import transaction
-from shared.db.models import OutboxEvent
+from shared.db.models import OutboxEvent, ReconcileTarget
 from shared.states import State
 from tests.e2e.reaper_processes import Reapers, confirmations, publish, reapers, row, sim, states, wait_for
-from tests.factories import HostSpec, make_request, seed_config
-from tests.integration.winrm_fixtures import ADMINS, WARNING_FILTERS
+from tests.factories import PASSWORD_ENV, HostSpec, make_grant, seed_config
+from tests.integration.winrm_fixtures import ADMINS, SVC_PASSWORD, WARNING_FILTERS, fast_client
 from winrm_sim import SimulatedHost
 
 __all__ = ["reapers", "sim"]
@@ -24,12 +26,18 @@ pytestmark = [pytest.mark.rabbitmq, *(pytest.mark.filterwarnings(f) for f in WAR
 
 def elevations(factory: sessionmaker[Session], sim: SimulatedHost, n: int, **values: object) -> list[str]:
     seed_config(factory, [HostSpec("127.0.0.1", sim.port)], secrets_per_host=n)
-    ids = []
-    for i in range(n):
-        sim.seed_member(ADMINS, f"acct-0-{i}")
-        ids.append(make_request(factory, secret_id=f"sec-0-{i}", host="127.0.0.1", state=State.ELEVATED,
-                                checkout_id=f"co-{i}", **values).id)
+    client = fast_client()
+    ids = [make_grant(factory, client, secret_id=f"sec-0-{i}", host="127.0.0.1", checkout_id=f"co-{i}",
+                      environ={PASSWORD_ENV: SVC_PASSWORD}, **values).id for i in range(n)]
+    assert len(sim.members(ADMINS)) == n
     return ids
+
+
+def reconciled(factory: sessionmaker[Session]) -> bool:
+    """The reconciler's first listing of the watched groups is done (the next is an interval away)."""
+    with transaction(factory) as s:
+        runs = list(s.scalars(select(ReconcileTarget.last_run_at)))
+    return bool(runs) and all(at is not None for at in runs)
 
 
 def check_in(reapers: Reapers, i: int) -> None:
@@ -65,13 +73,16 @@ def test_an_ended_window_is_swept_and_revoked(reapers: Reapers, factory: session
 def test_a_reaper_killed_mid_revocation_loses_nothing(reapers: Reapers, factory: sessionmaker[Session],
                                                       sim: SimulatedHost, moment: str) -> None:
     [rid] = elevations(factory, sim, 1)
+    victim = reapers.start()
+    # The grant made its (host, group) watched: let the reconciler's first listing pass, so the faults
+    # below meet the revocation's calls, not that listing.
+    wait_for(lambda: reconciled(factory), 20, "the reconciler's first listing", reapers.dump)
     if moment == "before_the_call":
         sim.stop()  # every call is refused: the reaper is in its retry loop, nothing reached the host
     elif moment == "during_the_call":
         sim.inject("delay", action="Command", seconds=4, count=1)  # the remove command is on the wire
     else:
         sim.inject("delay", action="Delete", seconds=30, count=None)  # removed on the host, answer pending
-    victim = reapers.start()
     check_in(reapers, 0)
     wait_for(lambda: row(factory, rid).lease_until is not None, 20, "a claimed revocation", reapers.dump)
     if moment == "after_the_call_before_the_commit":
