@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pika
 import pytest
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
@@ -146,3 +147,39 @@ def test_overlapping_grants_of_one_account_end_with_the_account_out(
         assert sid not in sim.member_sids(ADMINISTRATORS), "the account stayed an administrator"
     finally:
         assert daemons.stop() == [0, 0]
+
+
+def test_an_expiry_that_no_reaper_receives_still_ends_the_elevation(
+        fast: Settings, factory: sessionmaker[Session], sim: SimulatedHost, tmp_path: Path) -> None:
+    """`elevation.expired` is unbound from the reaper's queue (as if every copy were dead-lettered): the
+    sweeper ends the window in the database, so the account is removed all the same."""
+    seed_config(factory, [HostSpec(sim.address, sim.port)])
+    daemons = Daemons(fast, tmp_path)
+    try:
+        with pika.BlockingConnection(pika.URLParameters(fast.amqp_url)) as connection:
+            connection.channel().queue_unbind(fast.queue("reaper"), fast.exchange, routing_key="elevation.expired")
+        req = make_request(factory, id="req-exp", secret_id="sec-0-0", host=sim.address, checkout_id="co-exp",
+                           account="acct-0-0", expires_in=6)
+        with Publisher(fast) as publisher:
+            publish_approved(publisher, req)
+        poll(lambda: state_of(factory, "req-exp") == State.ELEVATED, 30, "ELEVATED")
+        poll(lambda: state_of(factory, "req-exp") == State.REVOKED, 40, "REVOKED after the window")
+        assert sim.member_sids(ADMINISTRATORS) == set()
+    finally:
+        assert daemons.stop() == [0, 0]
+
+
+def test_a_standing_membership_survives_a_request_that_never_added(
+        fast: Settings, factory: sessionmaker[Session], sim: SimulatedHost, tmp_path: Path) -> None:
+    seed_config(factory, [HostSpec(sim.address, sim.port)])
+    sim.seed_member(ADMINISTRATORS, "acct-0-0")  # an administrator before any grant
+    reapers = Reapers(fast, tmp_path)
+    reapers.start()
+    try:
+        make_request(factory, id="req-standing", secret_id="sec-0-0", host=sim.address, checkout_id="co-st",
+                     account="acct-0-0")  # APPROVED; no elevator runs
+        check_in(fast, "co-st", "sec-0-0")
+        poll(lambda: state_of(factory, "req-standing") == State.REVOKED, 30, "REVOKED")
+        assert sim.sid_of("acct-0-0") in sim.member_sids(ADMINISTRATORS), "a standing membership was removed"
+    finally:
+        assert reapers.stop_all() == [0]
