@@ -4,8 +4,8 @@ Starts one jit-winrm-sim host (no added latency), a fresh database (an SQLite fi
 PostgreSQL database created and dropped here), one `jit-elevator` process, and publishes approved
 requests one at a time, timing each until its `elevation.elevated` arrives on a queue of our own.
 The raw baseline, measured in the same run against the same host, is the WinRM work alone: the
-adapter's `add_member` (add + verifying query) called directly; the ratio is what the whole pipeline
-(broker, database, outbox, two transactions, the pre-existing check) costs on top of it.
+adapter's `resolve` and `add_member` by SID (add + verifying listing) called directly; the ratio is what
+the whole pipeline (broker, database, outbox, the claim, the ledger hold and the record) costs on top of it.
 
     .venv/bin/python -m bench.elevation_latency --db sqlite --requests 50      # from the repository root
     .venv/bin/python -m bench.elevation_latency --db postgres --requests 50
@@ -90,16 +90,18 @@ def measure(settings: Settings, count: int, sim: SimulatedHost) -> list[float]:
 
 
 def raw_baseline(sim: SimulatedHost, count: int) -> list[float]:
-    """The WinRM work alone: the adapter's add (and its verifying query) and a remove to reset, timed add only."""
+    """The WinRM work alone, as the elevator does it: resolve, then add by SID (verified); a remove by SID
+    resets, untimed."""
     client = MembershipClient()
     host = HostEndpoint(address=sim.address, scheme="http", port=sim.port, transport="basic", verify_tls=False)
     creds = Credentials(username="svc-jit", password=PASSWORD)
     timings = []
     for i in range(count):
         started = time.perf_counter()
-        client.add_member(host, creds, ADMINISTRATORS, f"raw-{i}")
+        resolved = client.resolve(host, creds, ADMINISTRATORS, f"raw-{i}")
+        client.add_member(host, creds, resolved.group_sid, resolved.account_sid)
         timings.append(time.perf_counter() - started)
-        client.remove_member(host, creds, ADMINISTRATORS, f"raw-{i}")
+        client.remove_member(host, creds, resolved.group_sid, resolved.account_sid)
     return timings
 
 
@@ -142,7 +144,7 @@ def main() -> None:
     raw = statistics.median(baseline) * 1000
     print(f"{args.db}: {len(ms)} elevations, approved -> elevated: median {statistics.median(ms):.1f} ms, "
           f"p95 {percentile(ms, 0.95):.1f} ms, min {min(ms):.1f} ms, max {max(ms):.1f} ms")
-    print(f"raw baseline (adapter add + verify alone, same host, same run): median {raw:.1f} ms; "
+    print(f"raw baseline (adapter resolve + add by SID alone, same host, same run): median {raw:.1f} ms; "
           f"pipeline / raw = {statistics.median(ms) / raw:.2f}")
 
 

@@ -1,8 +1,9 @@
 """How soon after a host comes back are its pending revocations done?
 
-100 ELEVATED requests (rows seeded, accounts pre-added on a simulated host through its API); the host
-goes down for 60 s; the 100 check-ins are published while it is down; a real `jit-reaper` process
-revokes. Prints how long after the host returned the last request was REVOKED, with the settings used.
+100 ELEVATED requests (each a real grant: the elevator's resolve and add on a simulated host, run
+in-process, so the ledger holds what the reaper removes by SID); the host goes down for 60 s; the 100
+check-ins are published while it is down; a real `jit-reaper` process revokes. Prints how long after
+the host returned the last request was REVOKED, with the settings used.
 
     .venv/bin/python -m bench.revocation_recovery                        # PostgreSQL, 60 s outage
     .venv/bin/python -m bench.revocation_recovery --engine sqlite --outage 10 --retry-max 5
@@ -35,8 +36,8 @@ from shared.db.models import Request
 from shared.events import new_event
 from shared.routes import delete_all
 from shared.settings import Settings
-from shared.states import State
-from tests.factories import PASSWORD_ENV, HostSpec, make_request, seed_config
+from shared.winrm import MembershipClient
+from tests.factories import PASSWORD_ENV, HostSpec, make_grant, seed_config
 from winrm_sim import ADMINISTRATORS, SimulatedHost
 
 PASSWORD = "Bench-Pa55word!"
@@ -72,11 +73,10 @@ def main() -> None:
         engine = make_engine(url)
         factory = session_factory(engine)
         seed_config(factory, [HostSpec("127.0.0.1", sim.port)], secrets_per_host=args.requests)
-        ids = []
-        for i in range(args.requests):
-            sim.seed_member(ADMINISTRATORS, f"acct-0-{i}")
-            ids.append(make_request(factory, secret_id=f"sec-0-{i}", host="127.0.0.1", state=State.ELEVATED,
-                                    checkout_id=f"co-{i}").id)
+        client = MembershipClient()
+        ids = [make_grant(factory, client, secret_id=f"sec-0-{i}", host="127.0.0.1", checkout_id=f"co-{i}",
+                          environ={PASSWORD_ENV: PASSWORD}).id for i in range(args.requests)]
+        assert len(sim.members(ADMINISTRATORS)) == args.requests
         with pika.BlockingConnection(pika.URLParameters(args.amqp)) as conn:
             declare_topology(conn.channel(), settings, "reaper", ROUTING_KEYS)
         log = (Path(logs.name) / "reaper.log").open("wb")

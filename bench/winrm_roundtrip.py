@@ -1,5 +1,6 @@
-"""Round-trip time of one MembershipClient.add_member (its add shell + its verifying is_member shell)
-against an in-process jit-winrm-sim on loopback: Basic over HTTP and NTLM (encrypted) over HTTP.
+"""Round-trip time of one MembershipClient.add_member by SID (the add and its verifying listing, one
+PowerShell run) against an in-process jit-winrm-sim on loopback: Basic over HTTP and NTLM (encrypted)
+over HTTP. Each account is resolved to its SID first, untimed, as the elevator does before its hold.
 
     .venv/bin/python -m bench.winrm_roundtrip [runs]     # prints the median in ms per transport
 """
@@ -22,12 +23,13 @@ def main(runs: int = 50) -> None:
         for transport, user in (("basic", "svc-jit"), ("ntlm", "CORP\\svc-jit")):
             endpoint = HostEndpoint(host.address, scheme="http", port=host.port, transport=transport)
             creds = Credentials(user, "Bench-Pa55")
-            client.add_member(endpoint, creds, ADMINS, "CORP\\warmup")
+            warmup = client.resolve(endpoint, creds, ADMINS, "CORP\\warmup")
+            client.add_member(endpoint, creds, warmup.group_sid, warmup.account_sid)
             times = []
             for i in range(runs):
-                member = f"CORP\\{transport}{i}"
+                resolved = client.resolve(endpoint, creds, ADMINS, f"CORP\\{transport}{i}")
                 started = time.perf_counter()
-                assert client.add_member(endpoint, creds, ADMINS, member) is True
+                assert client.add_member(endpoint, creds, resolved.group_sid, resolved.account_sid) is True
                 times.append((time.perf_counter() - started) * 1000)
             print(f"{transport}/http add_member+verify: median {statistics.median(times):.1f} ms "
                   f"(min {min(times):.1f}, max {max(times):.1f}, n={runs})")
