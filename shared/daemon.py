@@ -16,25 +16,28 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import logs
+from shared import health, logs, metrics
 from shared.amqp.connection import CONNECTION_ERRORS, backoff_delay, close_quietly, connect
 from shared.amqp.consumer import Consumer, Delivery, Outcome
 from shared.amqp.deadletters import DeadLetterWatch
 from shared.amqp.publisher import Publisher
 from shared.clock import Clock, SystemClock
 from shared.db.engine import make_engine, session_factory
-from shared.db.models import Request
 from shared.db.outbox import OutboxRelay
 from shared.events import BadEvent, Event, parse_event
+from shared.probes import ProbeServer
 from shared.routes import declare_all
 from shared.settings import Settings
 
 log = logs.get_logger()
 # The database is down or restarting: the same transaction will work once it is back.
 TRANSIENT_DATABASE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError)
+
+
+DATABASE_GAUGES_SECONDS = 5.0
+_OUTCOME_LABELS = {Outcome.ACK: "ack", Outcome.REJECT: "dead_lettered", Outcome.REQUEUE: "requeued"}
 
 
 class Retry(Exception):
@@ -49,15 +52,23 @@ class Periodic:
     interval: float
     run: Callable[[], object]
     _thread: threading.Thread | None = field(default=None, repr=False)
+    heartbeat: health.Heartbeat | None = field(default=None, repr=False)
 
-    def start(self, stopping: threading.Event) -> None:
+    def start(self, stopping: threading.Event, liveness: health.Liveness | None = None) -> None:
+        beat = (liveness or health.Liveness()).heartbeat(self.name, health.DEFAULT_STALE_SECONDS + self.interval)
+        self.heartbeat = beat
+
         def loop() -> None:
+            health.own(beat)
             while not stopping.is_set():
+                beat.beat()
                 try:
                     self.run()
                 except Exception as exc:  # the database may be down for a while; keep sweeping
                     log.error(f"{self.name}.failed", error=str(exc), exc_info=True)
+                beat.beat()
                 stopping.wait(self.interval)
+            beat.stopped = True
 
         self._thread = threading.Thread(target=loop, name=self.name, daemon=True)
         self._thread.start()
@@ -76,6 +87,8 @@ class Runtime:
     relay: OutboxRelay
     clock: Clock = field(default_factory=SystemClock)
     stopping: threading.Event = field(default_factory=threading.Event)
+    liveness: health.Liveness = field(default_factory=health.Liveness)
+    probes: ProbeServer | None = None
 
     @classmethod
     def create(cls, name: str, settings: Settings) -> Runtime:
@@ -89,6 +102,19 @@ class Runtime:
         expected = tuple(routing_keys)
 
         def handle(delivery: Delivery) -> Outcome:
+            # Label by routing key only when it is one we consume: a label set must stay bounded.
+            event_type = delivery.routing_key if delivery.routing_key in expected else "other"
+            started = time.monotonic()
+            outcome: Outcome | None = None
+            try:
+                outcome = decide(delivery)
+                return outcome
+            finally:
+                label = _OUTCOME_LABELS[outcome] if outcome is not None else "crashed"
+                metrics.EVENTS_CONSUMED.labels(type=event_type, outcome=label).inc()
+                metrics.EVENT_HANDLING.labels(type=event_type).observe(time.monotonic() - started)
+
+        def decide(delivery: Delivery) -> Outcome:
             try:
                 event = parse_event(delivery.body, max_bytes=self.settings.max_event_bytes, expected_types=expected)
             except BadEvent as exc:
@@ -130,6 +156,35 @@ class Runtime:
                 if self.stopping.wait(delay):
                     return Outcome.REQUEUE  # stopping: the broker redelivers it (one delivery used)
 
+    def readiness(self, consumer: Consumer | None) -> list[health.Check]:
+        """What `/readyz` answers (with the running consumer) and `--check` exits on (consumer None)."""
+
+        def broker() -> health.Check:
+            if consumer is not None:
+                if not consumer.connected:
+                    return health.Check("broker", False, "the consumer is not connected to RabbitMQ")
+                if not consumer.ready.is_set():
+                    return health.Check("broker", False, f"connected, consumer not attached to "
+                                                         f"{self.settings.queue(self.name)}")
+                return health.Check("broker", True, f"connected, consuming {self.settings.queue(self.name)}")
+            try:
+                close_quietly(connect(self.settings.amqp_url, name=f"jit-{self.name} check"))
+            except CONNECTION_ERRORS as exc:
+                return health.Check("broker", False, f"RabbitMQ not reachable at "
+                                                     f"{logs.hide_password(self.settings.amqp_url)}: {exc!r}")
+            return health.Check("broker", True, "RabbitMQ reachable")
+
+        return health.readiness(self.name, self.factory, self.settings.database_url, broker)
+
+    def _start_probes(self, consumer: Consumer) -> list[Periodic]:
+        """With `metrics_port` set: serve /metrics, /healthz, /readyz, and keep the database gauges fresh."""
+        port = self.settings.metrics_port
+        if port is None:
+            return []
+        self.probes = ProbeServer("", port, self.liveness.checks, lambda: self.readiness(consumer)).start()
+        gauges = metrics.DatabaseGauges(self.factory, self.clock)
+        return [Periodic("metrics.database", DATABASE_GAUGES_SECONDS, gauges)]
+
     def _declare_topology(self, attempts: int = 30) -> None:
         """Declare every queue before the relay publishes; wait for a broker that is still starting."""
         for attempt in range(1, attempts + 1):
@@ -150,13 +205,14 @@ class Runtime:
         stops: the contract's 30 s are mostly the consumer's drain, so the jobs get 2 s.
         """
         consumer = Consumer(self.settings, self.name, routing_keys, self.handler(routing_keys, process),
-                            stopping=self.stopping)
+                            stopping=self.stopping, heartbeat=self.liveness.heartbeat("consumer"))
+        probes = self._start_probes(consumer)
         self._declare_topology()
         self.relay.start()
         watch = DeadLetterWatch(self.settings, self.name)
-        periodic = [*periodic, Periodic("deadletters", self.settings.dead_letter_check_seconds, watch)]
+        periodic = [*periodic, *probes, Periodic("deadletters", self.settings.dead_letter_check_seconds, watch)]
         for job in periodic:
-            job.start(self.stopping)
+            job.start(self.stopping, self.liveness)
         log.info("daemon.started", daemon=self.name, queue=self.settings.queue(self.name),
                  routing_keys=list(routing_keys))
         try:
@@ -166,6 +222,8 @@ class Runtime:
             for job in periodic:
                 job.join(2.0)
             self.relay.stop()
+            if self.probes is not None:
+                self.probes.stop()
             self.publisher.close()
             bind = self.factory.kw.get("bind")
             if bind is not None:
@@ -182,24 +240,15 @@ class Runtime:
 
 
 def check(runtime: Runtime) -> int:
-    """Readiness: the database answers with our schema and the broker accepts a connection."""
+    """Readiness, as `/readyz` sees it: schema at head, credential sources readable, broker reachable."""
     try:
-        with runtime.factory() as session:
-            session.execute(select(func.count()).select_from(Request))
-    except Exception as exc:
-        print(f"jit-{runtime.name}: database not ready ({type(exc).__name__}); has `jitctl db upgrade` run?",
-              file=sys.stderr)
-        return 1
-    try:
-        close_quietly(connect(runtime.settings.amqp_url, name=f"jit-{runtime.name} check"))
-    except CONNECTION_ERRORS as exc:
-        print(f"jit-{runtime.name}: RabbitMQ not reachable at {logs.hide_password(runtime.settings.amqp_url)}: "
-              f"{exc!r}", file=sys.stderr)
-        return 1
+        checks = runtime.readiness(consumer=None)
     finally:
         runtime.publisher.close()
-    print(f"jit-{runtime.name}: database and broker reachable")
-    return 0
+    ok = all(c.ok for c in checks)
+    print(f"jit-{runtime.name}: " + health.report(checks).rstrip().replace("\n", f"\njit-{runtime.name}: "),
+          file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def daemon_main(name: str, description: str, build: Callable[[Runtime], int]) -> None:

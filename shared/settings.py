@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(
         300.0, gt=0, description="jit-reaper: how often the reconciler lists each watched host's group by SID and "
                                  "converges it to the ledger (sooner after an ambiguous outcome)")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="HTTP port of /metrics, /healthz and /readyz on all interfaces (off when "
+                                          "unset; 0 picks a free port)")
 
     def allowed_publishers(self, event_type: str) -> frozenset[str] | None:
         """Broker users allowed to publish `event_type`, or None when any user may."""

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from types import FrameType
@@ -73,6 +74,26 @@ def child_env(settings: Settings, password: str) -> dict[str, str]:
     env.update({f"JIT_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None})
     env.update({"JIT_LOG_FORMAT": "json", "JIT_DEMO_PASSWORD": password})
     return env
+
+
+def daemon_env(env: dict[str, str], settings: Settings, index: int) -> dict[str, str]:
+    """With JIT_METRICS_PORT set, the daemons serve /metrics on it and the next two ports, in DAEMONS order."""
+    if settings.metrics_port:
+        return {**env, "JIT_METRICS_PORT": str(settings.metrics_port + index)}
+    return env
+
+
+def save_metrics(settings: Settings, folder: Path) -> None:
+    """Each daemon's /metrics as the demo ends, in `<daemon>.metrics` beside its log (kept with --keep)."""
+    if not settings.metrics_port:
+        return
+    for index, daemon in enumerate(DAEMONS):
+        url = f"http://127.0.0.1:{settings.metrics_port + index}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                (folder / f"{daemon}.metrics").write_bytes(answer.read())
+        except OSError as exc:
+            print(f"jitctl demo: could not read {url}: {exc!r}", file=sys.stderr)
 
 
 def wait_for_consumers(settings: Settings, children: Children, timeout: float = 30.0) -> None:
@@ -151,8 +172,8 @@ def _run(settings: Settings, folder: Path, children: Children) -> tuple[int, Tim
                              text=True, check=False)
     if applied.returncode != 0:
         raise RuntimeError(f"jitctl apply failed: {applied.stderr.strip()}")
-    for daemon in DAEMONS:
-        children.start(daemon, [script(f"jit-{daemon}")], env)
+    for index, daemon in enumerate(DAEMONS):
+        children.start(daemon, [script(f"jit-{daemon}")], daemon_env(env, settings, index))
     wait_for_consumers(settings, children)
 
     engine = make_engine(settings.database_url)
@@ -181,6 +202,7 @@ def _run(settings: Settings, folder: Path, children: Children) -> tuple[int, Tim
                                        timeout, children.check_alive)
 
         play(driver, stories, wait, timeline.note, db_host_index=1)
+        save_metrics(settings, folder)
         return report(engine, driver, stories, hosts, time.monotonic() - started), timeline
 
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from services.elevator.handler import ROUTING_KEYS, Elevator
 from shared.daemon import Runtime, daemon_main
-from shared.winrm import MembershipClient
+from shared.winrm import MembershipClient, Metered
 
 
 def build(runtime: Runtime) -> int:
     settings = runtime.settings
-    winrm = MembershipClient(
+    winrm = Metered(MembershipClient(
         operation_timeout_sec=settings.winrm_operation_timeout_seconds,
         read_timeout_sec=settings.winrm_read_timeout_seconds,
         deadline_sec=settings.winrm_deadline_seconds,
         max_shells_per_host=settings.per_host_concurrency,
-    )
+    ))
     elevator = Elevator(runtime.factory, winrm, settings, runtime.clock)
     return runtime.serve(ROUTING_KEYS, elevator.process)
 

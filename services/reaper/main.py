@@ -9,7 +9,7 @@ from services.reaper.revocation import Revoker
 from services.reaper.sweeper import Sweeper
 from shared.daemon import Periodic, Runtime, daemon_main
 from shared.settings import Settings
-from shared.winrm import MembershipClient, WinRMPort
+from shared.winrm import MembershipClient, Metered, WinRMPort
 
 # After the consumer's own drain: what is still on the wire after this is left to lease expiry,
 # so that SIGTERM exits within the contract's 30 s.
@@ -19,14 +19,14 @@ DESCRIPTION = ("Ends elevations: on check-in, expiry or an operator's request, r
 
 
 def winrm_port(s: Settings) -> WinRMPort:
-    return MembershipClient(operation_timeout_sec=s.winrm_operation_timeout_seconds,
-                            read_timeout_sec=s.winrm_read_timeout_seconds, deadline_sec=s.winrm_deadline_seconds,
-                            max_shells_per_host=s.per_host_concurrency)
+    return Metered(MembershipClient(operation_timeout_sec=s.winrm_operation_timeout_seconds,
+                                    read_timeout_sec=s.winrm_read_timeout_seconds,
+                                    deadline_sec=s.winrm_deadline_seconds, max_shells_per_host=s.per_host_concurrency))
 
 
 def build(runtime: Runtime, port: WinRMPort | None = None) -> int:
     settings = runtime.settings
-    port = port or winrm_port(settings)
+    port = Metered(port) if port is not None else winrm_port(settings)
     revoker = Revoker(runtime.factory, port, settings, runtime.clock, runtime.stopping)
 
     def work(request_id: str, in_process: bool) -> None:

@@ -26,7 +26,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.reaper.policy import SOURCE
-from shared import logs
+from shared import health, logs, metrics
 from shared.clock import Clock
 from shared.db import audit, ledger, outbox
 from shared.db.engine import transaction
@@ -69,6 +69,7 @@ class Reconciler:
         for host, group_sid in self.claim_due(BATCH):
             with logs.bound(host=host, group_sid=group_sid):
                 self.reconcile(host, group_sid)
+            health.beat()  # one pass is bounded by WinRM deadlines; a batch of slow hosts is not
 
     def claim_due(self, limit: int) -> list[tuple[str, str]]:
         now = self.clock.now()
@@ -99,8 +100,10 @@ class Reconciler:
             decision = self._decide(host, group_sid, members)
             removed = self._act(host, group_sid, target, decision)
             self._record(host, group_sid, decision, removed, error=None)
+            metrics.RECONCILE_PASSES.labels(outcome="ok").inc()
         except (WinRMError, TargetError) as exc:
             log.warning("reconcile.failed", error=str(exc))
+            metrics.RECONCILE_PASSES.labels(outcome="failed").inc()
             self._record(host, group_sid, Decision(), {}, error=str(exc)[:2000])
 
     def _decide(self, host: str, group_sid: str, members: list[GroupMember]) -> Decision:
@@ -235,6 +238,7 @@ class Reconciler:
             row = Drift(host=host, group_sid=group_sid, account_sid=sid, account=member.name, action=action,
                         first_seen=now, last_seen=now, resolved_at=now if action == "removed" else None)
             session.add(row)
+            metrics.after_commit(session, metrics.DRIFT_FOUND.labels(action=action).inc)
             audit.record(session, at=now, action="membership.drift", actor=ACTOR,
                          reason=f"{member.name} ({sid}) is in the group and no grant explains it",
                          details={"host": host, "group_sid": group_sid, "account_sid": sid, "account": member.name,

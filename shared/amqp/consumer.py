@@ -20,6 +20,7 @@ from shared.amqp.delivery import Delivery, Outcome
 from shared.amqp.session import Handler, Session, Tally
 from shared.amqp.topology import declare_topology
 from shared.amqp.workers import WorkerPool
+from shared.health import Heartbeat
 from shared.logs import get_logger
 from shared.settings import Settings
 
@@ -46,6 +47,7 @@ class Consumer:
         workers: int | None = None,
         prefetch: int | None = None,
         stopping: threading.Event | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self._settings = settings
         self._daemon = daemon
@@ -60,11 +62,18 @@ class Consumer:
         self._failures = 0
         self._stop_reason = "stop()"
         self._tally = Tally()
+        self._heartbeat = heartbeat or Heartbeat(f"{daemon}-consumer")
+        self._connected = False
 
     @property
     def ready(self) -> threading.Event:
         """Set while consuming; cleared on connection loss and on stop."""
         return self._ready
+
+    @property
+    def connected(self) -> bool:
+        """Whether the consuming connection to the broker is open (a readiness check)."""
+        return self._connected
 
     def stop(self) -> None:
         """Thread-safe and idempotent: `run()` drains and returns."""
@@ -91,6 +100,7 @@ class Consumer:
         pool = WorkerPool(self._workers, name=f"{self._daemon}-worker")
         try:
             while not self._stopping.is_set():
+                self._heartbeat.beat()
                 try:
                     self._consume(pool)
                 except CONNECTION_ERRORS as exc:
@@ -105,12 +115,14 @@ class Consumer:
                     self._stopping.wait(delay)
         finally:
             self._ready.clear()
+            self._heartbeat.stopped = True
             pool.shutdown()
             log.info("consumer.stopped", daemon=self._daemon, **self._tally.snapshot())
 
     def _consume(self, pool: WorkerPool) -> None:
         """One connection's life: returns after a drained stop, raises when the connection is lost."""
         connection = connect(self._settings.amqp_url, name=f"jit-{self._daemon} consumer")
+        self._connected = True
         session: Session | None = None
         try:
             channel = connection.channel()
@@ -126,6 +138,7 @@ class Consumer:
             log.info("amqp.consumer.ready", daemon=self._daemon, queue=queue, prefetch=self._prefetch,
                      workers=self._workers)
             while not self._stopping.is_set():
+                self._heartbeat.beat()
                 connection.process_data_events(time_limit=_POLL_SECONDS)
                 if not session.consuming:
                     # The broker cancelled us (e.g. the queue was deleted): redeclare and consume again.
@@ -140,4 +153,5 @@ class Consumer:
             if session is not None:
                 # Handlers not yet started would only duplicate the broker's redelivery of their messages.
                 session.cancel_queued()
+            self._connected = False
             close_quietly(connection)

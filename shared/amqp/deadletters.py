@@ -7,6 +7,7 @@ empty, `deadletters.present` is logged at error level with the count (and when i
 
 from __future__ import annotations
 
+from shared import metrics
 from shared.amqp.connection import CONNECTION_ERRORS, close_quietly, connect
 from shared.amqp.topology import dead_letter_queue
 from shared.logs import get_logger
@@ -40,3 +41,4 @@ class DeadLetterWatch:
             log.error("deadletters.present", queue=self.queue, count=count, new=max(count - self.last_count, 0),
                       hint="inspect and replay them; see docs/reaper.md")
         self.last_count = count
+        metrics.DEAD_LETTERS.labels(queue=self.queue).set(count)

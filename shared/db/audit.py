@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from shared import metrics
 from shared.db.models import AuditEntry
 
 
@@ -29,3 +30,5 @@ def record(
             to_state=to_state, event_id=event_id, reason=reason, details=details,
         )
     )
+    if to_state is not None and to_state != from_state:
+        metrics.count_transition(session, from_state, to_state)

@@ -15,6 +15,7 @@ from typing import Protocol
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import metrics
 from shared.db.engine import transaction
 from shared.db.models import OutboxEvent
 from shared.events import Event
@@ -49,9 +50,11 @@ def publish_pending(factory: sessionmaker[Session], publisher: PublishPort, *, b
             publisher.publish(event_type, body, message_id=event_id)
         except Exception as exc:
             failed = (row_id, str(exc)[:2000])
+            metrics.EVENTS_PUBLISHED.labels(type=event_type, outcome="failed").inc()
             log.warning("outbox.publish.failed", event_id=event_id, type=event_type, error=str(exc))
             break
         published.append(row_id)
+        metrics.EVENTS_PUBLISHED.labels(type=event_type, outcome="published").inc()
     with transaction(factory) as session:
         now = datetime.now(UTC)
         if published:

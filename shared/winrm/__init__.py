@@ -19,6 +19,7 @@ from .errors import (
     WinRMError,
 )
 from .fake import FakeWinRM
+from .metered import Metered
 from .port import WinRMPort
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidNameError",
     "LogonSession",
     "MembershipClient",
+    "Metered",
     "PermanentWinRMError",
     "PrincipalNotFoundError",
     "Resolved",
