@@ -89,9 +89,10 @@ def take_hold(session: Session, request: Request, *, host: str, group_sid: str, 
         .execution_options(synchronize_session=False))
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         return None
+    # RETURNING, not rowcount: psycopg reports -1 for an INSERT .. ON CONFLICT DO NOTHING .. RETURNING.
     created = session.execute(_insert(session)(Membership).values(
         host=host, group_sid=group_sid, account_sid=account_sid, account=account, baseline="unknown", ours=False,
-        created_at=now, updated_at=now).on_conflict_do_nothing()).rowcount == 1  # type: ignore[attr-defined]
+        created_at=now, updated_at=now).on_conflict_do_nothing().returning(Membership.id)).scalar() is not None
     membership_id = session.scalar(select(Membership.id).where(
         Membership.host == host, Membership.group_sid == group_sid, Membership.account_sid == account_sid))
     assert membership_id is not None

@@ -402,8 +402,8 @@ def test_a_retry_never_re_adds_after_the_request_ended(seeded: sessionmaker[Sess
     elevator(seeded, fake, elevation_retry_seconds=5).process(approved(req))
     assert fake.adds == 1
     assert actions(seeded, req.id) == ["start_elevation", "end", "elevation.superseded"]
-    # Never "already a member" from an answer after the retry (our own first add may have put it there).
-    assert ledger(seeded, req.id)[1].baseline != "yes" and not row(seeded, req.id).pre_existing
+    # A new membership: the look while resolving is its baseline ("no"), never an answer after the retry.
+    assert ledger(seeded, req.id)[1].baseline == "no" and not row(seeded, req.id).pre_existing
     assert members(fake) == {"acct-0-0"} and row(seeded, req.id).state == State.REVOKING
     fake.reaper.sweep()
     assert members(fake) == set() and row(seeded, req.id).state == State.REVOKED

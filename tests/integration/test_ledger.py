@@ -23,7 +23,7 @@ from shared.db.transitions import Cause, load
 from shared.events import Event, new_event
 from shared.settings import Settings
 from shared.states import State
-from shared.winrm import Credentials, HostEndpoint
+from shared.winrm import Credentials, HostEndpoint, RetryableWinRMError
 from tests.factories import ADMINISTRATORS, PASSWORD_ENV, HostSpec, seed_config
 from tests.integration.ledger_world import ACCOUNT, ENV, HOST, HookedWinRM, World
 
@@ -363,3 +363,25 @@ def test_a_check_in_claims_its_revocation_in_the_same_transaction(world: World) 
     with transaction(world.factory) as session:
         row = load(session, request.id)
         assert row is not None and row.lease_until is not None and row.next_attempt_at == row.lease_until
+
+
+def test_standing_member_checked_in_between_hold_and_add_is_kept(world: World) -> None:
+    """The first grant's look while resolving is the baseline of a new membership: a check-in before its add
+    (so no add answer ever decides it) must not turn a standing administrator into one we remove."""
+    world.fake.seed(HOST, ADMINISTRATORS, ACCOUNT)
+    request = world.request()
+    revoking: list[str] = []
+
+    def check_in_then_fail_before_sending() -> None:
+        revoking.extend(world.check_in(request))
+        raise RetryableWinRMError(HOST, "add_member", "connection refused")  # nothing reached the host
+
+    world.fake.before["add_member"] = check_in_then_fail_before_sending
+    world.elevate(request)  # the retry sees the request ended: no add is ever sent
+    assert not [c for c in world.fake.calls if c.operation == "add_member"]
+    with transaction(world.factory) as session:
+        assert session.scalars(select(Membership.baseline)).one() == "yes"
+    for request_id in revoking:
+        world.revoke(request_id)
+    assert world.state(request) == State.REVOKED
+    assert world.member(), "a standing administrator was removed"
