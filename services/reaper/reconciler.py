@@ -139,8 +139,8 @@ class Reconciler:
                 if sid in known:
                     continue
                 if first:
-                    session.add(Membership(host=host, group_sid=group_sid, account_sid=sid, account=member.name,
-                                           baseline="yes", ours=False, created_at=now, updated_at=now))
+                    ledger.adopt_standing(session, host=host, group_sid=group_sid, account_sid=sid,
+                                          account=member.name, now=now)
                 else:
                     decision.drift.append(member)
             if _drift_policy(session, host, group_sid) == "remove":

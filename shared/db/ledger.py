@@ -175,6 +175,14 @@ def settle(session: Session, membership_id: int, now: datetime) -> bool:
     return True
 
 
+def adopt_standing(session: Session, *, host: str, group_sid: str, account_sid: str, account: str,
+                   now: datetime) -> None:
+    """A member found at a group's first listing is a standing one (baseline yes), unless a grant got there first."""
+    session.execute(_insert(session)(Membership).values(
+        host=host, group_sid=group_sid, account_sid=account_sid, account=account, baseline="yes", ours=False,
+        created_at=now, updated_at=now).on_conflict_do_nothing())
+
+
 def watch(session: Session, *, host: str, group_sid: str, target: dict[str, Any], now: datetime,
           interval: float) -> None:
     """Make sure the reconciler watches (host, group) with the newest way to reach it: a new target is
