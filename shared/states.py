@@ -4,6 +4,8 @@
     PENDING -> DENIED        PENDING -> CANCELLED (checked in or expired before a decision)
     APPROVED | ELEVATING | ELEVATED  --ended (check-in, expiry, operator)-->  REVOKING
     ELEVATING --add failed--> REVOKING -> FAILED once removal is confirmed
+    APPROVED | ELEVATING | ELEVATED  --extend-->  the same state (a later `expires_at`)
+    PENDING --end (checked in, checkout over, decision timeout)--> CANCELLED
 
 `next_state` answers what a trigger does to a state: the new state, or None when the trigger does
 not apply (a duplicate, a late or an out-of-order event), which callers record and otherwise ignore.
@@ -35,6 +37,7 @@ class Trigger(enum.StrEnum):
     END = "end"  # checked in, expired, or revoked by an operator
     REMOVAL_CONFIRMED = "removal_confirmed"
     REMOVAL_FAILED = "removal_failed"
+    EXTEND = "extend"  # an extension moves `expires_at`, never the state
 
 
 TERMINAL = frozenset({State.DENIED, State.CANCELLED, State.REVOKED, State.FAILED})
@@ -55,6 +58,10 @@ _TABLE: dict[tuple[State, Trigger], State] = {
     (State.ELEVATING, Trigger.END): State.REVOKING,
     (State.ELEVATED, Trigger.END): State.REVOKING,
     (State.REVOKING, Trigger.REMOVAL_FAILED): State.REVOKING,
+    # Only while the window is still open: once REVOKING, the end has begun and no extension undoes it.
+    (State.APPROVED, Trigger.EXTEND): State.APPROVED,
+    (State.ELEVATING, Trigger.EXTEND): State.ELEVATING,
+    (State.ELEVATED, Trigger.EXTEND): State.ELEVATED,
 }
 
 

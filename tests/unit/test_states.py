@@ -23,6 +23,9 @@ EXPECTED: dict[tuple[State, Trigger], State] = {
     (S.ELEVATED, T.END): S.REVOKING,
     (S.REVOKING, T.REMOVAL_FAILED): S.REVOKING,
     (S.REVOKING, T.REMOVAL_CONFIRMED): S.REVOKED,
+    (S.APPROVED, T.EXTEND): S.APPROVED,
+    (S.ELEVATING, T.EXTEND): S.ELEVATING,
+    (S.ELEVATED, T.EXTEND): S.ELEVATED,
 }
 
 
@@ -46,7 +49,15 @@ def test_state_groups() -> None:
     assert set(State) == ACTIVE | TERMINAL and not ACTIVE & TERMINAL
     assert HOLDS_MEMBERSHIP <= ACTIVE and EXPIRABLE <= ACTIVE
     # Only ELEVATING is entered by an add-member; nothing else leads to the host being changed by an add.
-    assert [k for k, v in EXPECTED.items() if v is S.ELEVATING] == [(S.APPROVED, T.START_ELEVATION)]
+    assert [k for k, v in EXPECTED.items() if v is S.ELEVATING and k[0] is not S.ELEVATING] == [
+        (S.APPROVED, T.START_ELEVATION)]
+
+
+def test_an_extension_applies_only_to_an_open_window() -> None:
+    """Extending keeps the state; a request being ended (REVOKING), pending or terminal is never extended."""
+    assert {s for s in State if next_state(s, T.EXTEND) is not None} == set(EXPIRABLE)
+    assert all(next_state(s, T.EXTEND) is s for s in EXPIRABLE)
+    assert next_state(S.REVOKING, T.EXTEND) is None and next_state(S.PENDING, T.EXTEND) is None
 
 
 @dataclass
@@ -95,6 +106,11 @@ class World:
             self.apply(T.REMOVAL_CONFIRMED)
         elif action == "remove_error" and self.state is S.REVOKING:
             self.apply(T.REMOVAL_FAILED)
+        elif action == "extend":
+            before = self.state
+            if self.apply(T.EXTEND):
+                # An extension keeps the state and never revives an elevation whose end has begun.
+                assert self.state is before and before in EXPIRABLE and not self.ended, self.log
 
     def settle(self) -> None:
         """What happens after the last delivery: in-flight work ends, retries run until the host confirms."""
@@ -107,7 +123,7 @@ class World:
             self.deliver("remove_ok")
 
 
-ACTIONS = ["approve", "deny", "end", "start", "add_done", "add_failed", "remove_ok", "remove_error"]
+ACTIONS = ["approve", "deny", "end", "start", "add_done", "add_failed", "remove_ok", "remove_error", "extend"]
 
 
 @settings(max_examples=600, deadline=None)
