@@ -1,9 +1,12 @@
 """The approval rules, pure: plain facts and `now` in, a decision with its reason out. No I/O here.
 
-Three questions are answered here:
+The questions answered here:
 - `decide_request`: is a new request refused by a rule, approved by policy, or left for an approver?
-- `check_decision`: may this approver's decision be applied to this request?
-- `connection_status`: what the connection workflow shows for a secret and a user (contract section 4).
+- `check_approver`: may this approver's decision be applied to this request?
+- `tally`: with the votes so far, is a request (or an extension) approved, denied, or still pending?
+- `plan_extension`: how far may an active elevation be extended, or why not?
+- `connection_status`: what the connection workflow shows for a secret and a user (contract section 4),
+  and whether it may launch the session yet (`ready`).
 The daemon and `jitctl` load the facts from the database (`shared.db.facts`) and act on the answer.
 """
 
@@ -43,6 +46,11 @@ class TaskFacts:
     group: str
     approval_required: bool
     approval_window_seconds: int
+    approvals_required: int = 1  # distinct approvers needed (the requester never counts)
+    deny_policy: str = "any"  # any: one denial ends it | majority: denials from a majority of approvals_required
+    decision_timeout_seconds: int | None = None  # an undecided request is cancelled after this
+    extension: str = "refused"  # refused | automatic | approval
+    extension_max_total_seconds: int | None = None  # the longest window an elevation may reach, from approval
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,64 @@ def approval_expiry(checkout_expires_at: datetime, approved_at: datetime, window
     return min(checkout_expires_at, approved_at + timedelta(seconds=seconds))
 
 
+def decision_deadline(requested_at: datetime, timeout_seconds: int | None) -> datetime | None:
+    """When an undecided request is cancelled (`decision_timeout`), or None when its task sets no timeout."""
+    return None if timeout_seconds is None else requested_at + timedelta(seconds=timeout_seconds)
+
+
+@dataclass(frozen=True)
+class Tally:
+    outcome: Outcome  # PENDING, APPROVE or DENY
+    approvals: int
+    denials: int
+    needed: int  # approvals still needed (0 once approved)
+
+
+def tally(approvers: frozenset[str], deniers: frozenset[str], required: int, deny_policy: str) -> Tally:
+    """Votes of distinct, allowed approvers (the requester's is refused before it counts) -> the outcome.
+
+    `any`: one denial denies. `majority`: denials from a majority of `required` (more than half) deny.
+    Approved once `required` distinct approvers approved. A denial is looked at first: it is the safe side.
+    """
+    if required < 1:
+        raise ValueError(f"approvals_required must be at least 1, got {required}")
+    approvals, denials = len(approvers), len(deniers)
+    denial_quorum = 1 if deny_policy == "any" else required // 2 + 1
+    needed = max(0, required - approvals)
+    if denials >= denial_quorum:
+        return Tally(Outcome.DENY, approvals, denials, needed)
+    if needed == 0:
+        return Tally(Outcome.APPROVE, approvals, denials, 0)
+    return Tally(Outcome.PENDING, approvals, denials, needed)
+
+
+@dataclass(frozen=True)
+class ExtensionPlan:
+    expires_at: datetime | None  # the new end of the window, or None when refused
+    reason: str
+
+
+def plan_extension(*, expires_at: datetime, approved_at: datetime, checkout_expires_at: datetime, seconds: int,
+                   max_total_seconds: int | None, now: datetime) -> ExtensionPlan:
+    """Extend the window by `seconds`, bounded by the checkout's end and the task's most total time
+    (counted from the approval). Refused when the window has already ended or nothing would be gained."""
+    if seconds <= 0:
+        raise ValueError(f"an extension must be positive, got {seconds}")
+    if expires_at <= now:
+        return ExtensionPlan(None, "the elevation window has already ended")
+    wanted = expires_at + timedelta(seconds=seconds)
+    bounds = [(checkout_expires_at, "the checkout's end")]
+    if max_total_seconds is not None:
+        bounds.append((approved_at + timedelta(seconds=max_total_seconds),
+                       f"the task's most total time ({max_total_seconds} s)"))
+    limit, what = min(bounds)
+    if limit <= expires_at:
+        return ExtensionPlan(None, f"the window already reaches {what}")
+    if wanted > limit:
+        return ExtensionPlan(limit, f"extended up to {what}")
+    return ExtensionPlan(wanted, f"extended by {seconds} s")
+
+
 class Status(enum.StrEnum):
     NOT_REQUIRED = "NOT_REQUIRED"
     NOT_REQUESTED = "NOT_REQUESTED"
@@ -163,6 +229,11 @@ ACTIONS = {
     Status.APPROVED: "Launch with Elevated Privileges",
     Status.NOT_ELIGIBLE: "None (no elevation option)",
 }
+# An approved request whose membership is not yet confirmed on the host: a Windows logon token is fixed at
+# logon, so a session launched before the add lands would run without the privilege.
+PREPARING = "Preparing elevated privileges"
+# States in which the request is on its way to (or in) an elevation; ELEVATED alone is ready.
+_UNDER_WAY = ("APPROVED", "ELEVATING", "ELEVATED")
 
 
 @dataclass(frozen=True)
@@ -170,24 +241,41 @@ class ConnectionStatus:
     status: Status
     action: str
     reason: str
+    # Launch now? True only once the membership is confirmed on the host (ELEVATED); None for NOT_ELIGIBLE.
+    ready: bool | None = None
 
 
 def connection_status(secret_id: str, secret: SecretFacts | None, user_id: str, user: UserFacts | None,
-                      request_state: str | None) -> ConnectionStatus:
-    """Contract section 4. `request_state` is the state of the user's current request for the checkout, if any."""
+                      request_state: str | None, *, approvals_needed: int | None = None) -> ConnectionStatus:
+    """Contract section 4. `request_state` is the state of the user's current request for the checkout, if any;
+    `approvals_needed` how many approvals a PENDING one still needs.
+
+    Launch is offered only when `ready`: while APPROVED or ELEVATING the action is "Preparing elevated
+    privileges". For a NOT_REQUIRED task Launch means: request, then wait until ready (docs/approval.md).
+    """
+    ready = request_state == "ELEVATED"
 
     def answer(status: Status, reason: str) -> ConnectionStatus:
-        return ConnectionStatus(status, ACTIONS[status], reason)
+        action = PREPARING if request_state in ("APPROVED", "ELEVATING") else ACTIONS[status]
+        return ConnectionStatus(status, action, reason, None if status is Status.NOT_ELIGIBLE else ready)
 
     reason = eligibility(secret_id, secret, user_id, user)
     if reason is not None:
-        return answer(Status.NOT_ELIGIBLE, reason)
+        return ConnectionStatus(Status.NOT_ELIGIBLE, ACTIONS[Status.NOT_ELIGIBLE], reason, None)
     assert secret is not None and secret.task is not None
     if not secret.task.approval_required:
+        if request_state in _UNDER_WAY:
+            return answer(Status.NOT_REQUIRED, "elevated: the membership is confirmed on the host" if ready
+                          else "approved by policy; the membership is not confirmed on the host yet")
         return answer(Status.NOT_REQUIRED, f"task {secret.task.id} does not require approval")
     if request_state == "PENDING":
+        if approvals_needed is not None and secret.task.approvals_required > 1:
+            done = secret.task.approvals_required - approvals_needed
+            return answer(Status.PENDING, f"waiting for {approvals_needed} more approval(s) "
+                                          f"({done} of {secret.task.approvals_required})")
         return answer(Status.PENDING, "a request is waiting for an approver")
     # REVOKING is an ending request: the account is on its way out, so the user starts over.
-    if request_state in ("APPROVED", "ELEVATING", "ELEVATED"):
-        return answer(Status.APPROVED, "an approved request is active")
+    if request_state in _UNDER_WAY:
+        return answer(Status.APPROVED, "elevated: the membership is confirmed on the host" if ready
+                      else "an approved request is active; the membership is not confirmed on the host yet")
     return answer(Status.NOT_REQUESTED, f"task {secret.task.id} requires approval and no request is active")

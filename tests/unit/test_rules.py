@@ -13,6 +13,7 @@ from shared.rules import (
     ACTIONS,
     APPROVER_PERMISSIONS,
     KNOWN_PERMISSIONS,
+    PREPARING,
     REQUESTER_PERMISSIONS,
     RequestFacts,
     SecretFacts,
@@ -23,7 +24,10 @@ from shared.rules import (
     check_approver,
     connection_status,
     decide_request,
+    decision_deadline,
+    plan_extension,
     requester_refusal,
+    tally,
 )
 from shared.rules import Outcome as O
 
@@ -159,7 +163,77 @@ def test_known_permissions_cover_every_role() -> None:
 ])
 def test_status_follows_the_request(state: str | None, status: Status) -> None:
     answer = connection_status("sec", SECRET, "alice", ALICE, state)
-    assert answer.status is status and answer.action == ACTIONS[status]
+    preparing = state in ("APPROVED", "ELEVATING")
+    assert answer.status is status and answer.action == (PREPARING if preparing else ACTIONS[status])
+    assert answer.ready is (state == "ELEVATED")
+
+
+@pytest.mark.parametrize("approval_required", [True, False])
+def test_launch_is_offered_only_once_the_host_confirms(approval_required: bool) -> None:
+    """A Windows logon token is fixed at logon: Launch only when ELEVATED; before that, Preparing."""
+    secret = replace(SECRET, task=replace(TASK, approval_required=approval_required))
+    expected = {None: (ACTIONS[Status.NOT_REQUIRED if not approval_required else Status.NOT_REQUESTED], False),
+                "APPROVED": (PREPARING, False), "ELEVATING": (PREPARING, False),
+                "ELEVATED": ("Launch with Elevated Privileges", True)}
+    for state, (action, ready) in expected.items():
+        answer = connection_status("sec", secret, "alice", ALICE, state)
+        assert (answer.action, answer.ready) == (action, ready), state
+    assert connection_status("sec", None, "alice", ALICE, None).ready is None
+
+
+def test_pending_says_how_many_approvals_are_still_needed() -> None:
+    secret = replace(SECRET, task=replace(TASK, approvals_required=3))
+    answer = connection_status("sec", secret, "alice", ALICE, "PENDING", approvals_needed=2)
+    assert answer.status is Status.PENDING and "2 more approval(s) (1 of 3)" in answer.reason
+    assert answer.action == "Pending Approval" and answer.ready is False
+
+
+@pytest.mark.parametrize(("approvers", "deniers", "required", "policy", "outcome", "needed"), [
+    (set(), set(), 1, "any", O.PENDING, 1),
+    ({"bob"}, set(), 1, "any", O.APPROVE, 0),
+    ({"bob"}, set(), 2, "any", O.PENDING, 1),
+    ({"bob", "carol"}, set(), 2, "any", O.APPROVE, 0),
+    ({"bob"}, {"carol"}, 2, "any", O.DENY, 1),
+    ({"bob", "carol"}, {"dan"}, 2, "any", O.DENY, 0),  # a denial is the safe side: it wins a tie of timing
+    ({"bob"}, {"carol"}, 3, "majority", O.PENDING, 2),
+    ({"bob"}, {"carol", "dan"}, 3, "majority", O.DENY, 2),
+    ({"bob"}, {"carol"}, 2, "majority", O.PENDING, 1),
+    (set(), {"carol", "dan"}, 2, "majority", O.DENY, 2),
+    (set(), {"carol"}, 1, "majority", O.DENY, 1),
+])
+def test_tally(approvers: set[str], deniers: set[str], required: int, policy: str, outcome: O,
+               needed: int) -> None:
+    result = tally(frozenset(approvers), frozenset(deniers), required, policy)
+    assert (result.outcome, result.needed) == (outcome, needed)
+
+
+def test_tally_needs_at_least_one_approval() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        tally(frozenset(), frozenset(), 0, "any")
+
+
+def test_decision_deadline() -> None:
+    assert decision_deadline(NOW, None) is None
+    assert decision_deadline(NOW, 90) == NOW + timedelta(seconds=90)
+
+
+EXT = {"expires_at": NOW + timedelta(minutes=10), "approved_at": NOW - timedelta(minutes=50),
+       "checkout_expires_at": NOW + timedelta(hours=2), "now": NOW}
+
+
+@pytest.mark.parametrize(("change", "expires_in", "reason"), [
+    ({"seconds": 600, "max_total_seconds": None}, timedelta(minutes=20), "extended by 600 s"),
+    ({"seconds": 3600, "max_total_seconds": 5400}, timedelta(minutes=40), "most total time (5400 s)"),
+    ({"seconds": 36000, "max_total_seconds": None}, timedelta(hours=2), "checkout's end"),
+    ({"seconds": 600, "max_total_seconds": 3600}, None, "already reaches the task's most total time"),
+    ({"seconds": 600, "max_total_seconds": None, "expires_at": NOW}, None, "already ended"),
+    ({"seconds": 600, "max_total_seconds": None, "checkout_expires_at": NOW + timedelta(minutes=10)}, None,
+     "already reaches the checkout's end"),
+])
+def test_an_extension_is_bounded_by_the_checkout_and_the_task(change: dict[str, object], expires_in: timedelta | None,
+                                                               reason: str) -> None:
+    plan = plan_extension(**{**EXT, **change})  # type: ignore[arg-type]
+    assert plan.expires_at == (None if expires_in is None else NOW + expires_in) and reason in plan.reason
 
 
 def test_status_not_required_shows_launch() -> None:
