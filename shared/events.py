@@ -70,6 +70,8 @@ class ElevationDecided(EventData):
     approver_id: Identifier
     decision: Literal["approve", "deny"]
     reason: Text | None = None
+    # Ours (optional): the decision is about this extension of the request, not the request itself.
+    extension_id: Identifier | None = None
 
 
 class ElevationApproved(EventData):
@@ -79,6 +81,8 @@ class ElevationApproved(EventData):
     approver_id: Identifier
     expires_at: Timestamp
     policy: str | None = None
+    # Ours (optional): every approver whose approval counted, when the task needs more than one.
+    approvers: list[str] | None = None
 
 
 class ElevationDenied(EventData):
@@ -132,6 +136,39 @@ class ElevationRevokeRequested(EventData):
     reason: Text
 
 
+Seconds = Annotated[int, Field(gt=0, le=366 * 24 * 3600)]
+
+
+class ElevationExtendRequested(EventData):
+    """Ours: the requester asks for more time on an active elevation (`duration_seconds` more than now)."""
+
+    request_id: Identifier
+    extension_id: Identifier
+    requester_id: Identifier
+    justification: Text
+    duration_seconds: Seconds
+
+
+class ElevationExtended(EventData):
+    """Ours: an extension was granted; the window now ends at `expires_at` (the reaper follows it)."""
+
+    request_id: Identifier
+    extension_id: Identifier
+    expires_at: Timestamp
+    previous_expires_at: Timestamp
+    approver_id: Identifier
+    policy: str | None = None
+
+
+class ElevationExtensionDenied(EventData):
+    """Ours: an extension was refused (by an approver, by the task, or because the window is ending)."""
+
+    request_id: Identifier
+    extension_id: Identifier
+    reason: Text
+    approver_id: Identifier
+
+
 class ElevationRevoked(EventData):
     request_id: Identifier
     secret_id: Identifier
@@ -174,6 +211,9 @@ DATA_MODELS: dict[str, type[EventData]] = {
     "secret.checked_in": SecretCheckedIn,
     "elevation.expired": ElevationExpired,
     "elevation.revoke_requested": ElevationRevokeRequested,
+    "elevation.extend_requested": ElevationExtendRequested,
+    "elevation.extended": ElevationExtended,
+    "elevation.extension_denied": ElevationExtensionDenied,
     "elevation.revoked": ElevationRevoked,
     "elevation.revocation_stalled": ElevationRevocationStalled,
     "membership.drift": MembershipDrift,
@@ -275,3 +315,41 @@ def _describe(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "body"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
+
+
+STATUS_QUERY = "status.query"  # routing key of the status request/reply: not an event, no CloudEvents envelope
+
+
+class StatusQuery(BaseModel):
+    """The connection workflow asks (AMQP request/reply, `reply_to` + `correlation_id`): the body, plain JSON."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    secret_id: Identifier
+    user_id: Identifier
+    checkout_id: Identifier | None = None
+
+
+class StatusReply(BaseModel):
+    """The answer: `jitctl status --json` plus the request it is about (null where none applies).
+
+    An error reply is `{"error": "..."}` alone (a malformed query)."""
+
+    status: Literal["NOT_REQUIRED", "NOT_REQUESTED", "PENDING", "APPROVED", "NOT_ELIGIBLE"]
+    action: str
+    reason: str
+    request_id: str | None
+    state: str | None
+    expires_at: str | None  # RFC 3339
+    ready: bool | None  # launch now: the membership is confirmed on the host (state ELEVATED)
+    approvals_needed: int | None = None  # PENDING: approvals still needed
+
+
+def parse_status_query(body: bytes, *, max_bytes: int = 4096) -> StatusQuery:
+    """Validate a status query's body, or raise BadEvent naming the problem."""
+    if len(body) > max_bytes:
+        raise BadEvent(f"oversized query: {len(body)} bytes > limit of {max_bytes}")
+    try:
+        return StatusQuery.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadEvent(f"bad status query: {_describe(exc)}") from None

@@ -101,3 +101,43 @@ def test_the_committed_asyncapi_document_matches_the_models() -> None:
 
     committed = (Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml").read_text()
     assert committed == render(), "regenerate with: python -m shared.asyncapi > docs/asyncapi.yaml"
+
+
+def test_the_extension_and_multi_approval_additions_are_additive() -> None:
+    """New types parse; the new fields of existing types are optional, so old producers stay valid."""
+    assert {"elevation.extend_requested", "elevation.extended", "elevation.extension_denied"} <= set(EVENT_TYPES)
+    ask = new_event("elevation.extend_requested", {"request_id": "r1", "extension_id": "x1", "requester_id": "alice",
+                                                   "justification": "more", "duration_seconds": 600}, source="t")
+    assert parse_event(ask.to_json()).data == ask.data
+    with pytest.raises(BadEvent, match="duration_seconds: Input should be greater than 0"):
+        new_event("elevation.extend_requested", {"request_id": "r1", "extension_id": "x1", "requester_id": "alice",
+                                                 "justification": "more", "duration_seconds": 0}, source="t")
+    old = new_event("elevation.decided", {"request_id": "r1", "approver_id": "bob", "decision": "approve"}, source="t")
+    assert json.loads(old.to_json())["data"] == {"request_id": "r1", "approver_id": "bob", "decision": "approve"}
+    on_extension = parse_event(new_event("elevation.decided", {"request_id": "r1", "approver_id": "bob",
+                                                               "decision": "approve", "extension_id": "x1"},
+                                         source="t").to_json())
+    assert getattr(on_extension.data, "extension_id", None) == "x1"
+    approved = {"request_id": "r1", "checkout_id": "c", "secret_id": "s", "approver_id": "bob",
+                "expires_at": "2026-11-24T11:00:00Z"}
+    assert "approvers" not in json.loads(new_event("elevation.approved", approved, source="t").to_json())["data"]
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b'{"secret_id": "s", "user_id": "alice", "checkout_id": "co-1"}', None),
+    (b'{"secret_id": "s", "user_id": "alice"}', None),
+    (b'{"secret_id": "s"}', "user_id: Field required"),
+    (b'{"secret_id": "s", "user_id": "alice", "extra": 1}', "extra: Extra inputs are not permitted"),
+    (b'{"secret_id": "bad id", "user_id": "alice"}', "secret_id: Value error"),
+    (b"not json", "bad status query"),
+    (b"[1]", "bad status query"),
+    (b'{"secret_id": "' + b"s" * 5000 + b'"}', "oversized query"),
+])
+def test_status_queries_are_validated(body: bytes, reason: str | None) -> None:
+    from shared.events import parse_status_query
+
+    if reason is None:
+        assert parse_status_query(body).secret_id == "s"
+    else:
+        with pytest.raises(BadEvent, match=reason):
+            parse_status_query(body)
