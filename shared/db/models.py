@@ -42,6 +42,7 @@ NAMING = {
 STATES_SQL = ", ".join(f"'{s.value}'" for s in State)
 ACTIVE_SQL = "state IN ('PENDING', 'APPROVED', 'ELEVATING', 'ELEVATED', 'REVOKING')"
 EXPIRABLE_SQL = "state IN ('APPROVED', 'ELEVATING', 'ELEVATED') AND expiry_event_id IS NULL"
+DECIDE_BY_SQL = "state = 'PENDING' AND decide_by IS NOT NULL"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -133,10 +134,23 @@ class Task(Base):
     on_revoke: Mapped[str] = mapped_column(String(16), default="report")
     # What the reconciler does with a member of the group that no grant explains: report it, or remove it.
     drift: Mapped[str] = mapped_column(String(8), default="report", server_default="report")
+    # Distinct approvers a request needs (the requester never counts), and what a denial does:
+    # any = one denial denies; majority = denials from more than half of approvals_required deny.
+    approvals_required: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    deny_policy: Mapped[str] = mapped_column(String(8), default="any", server_default="any")
+    # A request nobody decides is cancelled (reason decision_timeout) this long after it arrived.
+    decision_timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    # What an extension of an active elevation needs: refused, automatic, or approval (as the request did);
+    # and the longest window any elevation may reach, counted from its approval (the checkout's end bounds it too).
+    extension: Mapped[str] = mapped_column(String(16), default="refused", server_default="refused")
+    extension_max_total_seconds: Mapped[int | None] = mapped_column(Integer)
     __table_args__ = (
         CheckConstraint("approval_window_seconds > 0", name="window_positive"),
         CheckConstraint("on_revoke IN ('report', 'logoff')", name="on_revoke"),
         CheckConstraint("drift IN ('report', 'remove')", name="drift"),
+        CheckConstraint("approvals_required >= 1", name="approvals_required"),
+        CheckConstraint("deny_policy IN ('any', 'majority')", name="deny_policy"),
+        CheckConstraint("extension IN ('refused', 'automatic', 'approval')", name="extension"),
     )
 
 
@@ -169,6 +183,8 @@ class Request(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     requested_at: Mapped[datetime]
     checkout_expires_at: Mapped[datetime]
+    # Undecided by then (the task's decision_timeout_seconds after it arrived): cancelled, decision_timeout.
+    decide_by: Mapped[datetime | None]
     decided_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
     expiry_event_id: Mapped[str | None] = mapped_column(String(128))
@@ -208,7 +224,47 @@ class Request(Base):
         Index("ix_requests_stuck_elevating", "lease_until",
               postgresql_where=text("state = 'ELEVATING'"), sqlite_where=text("state = 'ELEVATING'")),
         Index("ix_requests_membership", "host", "account", "group"),
+        Index("ix_requests_decision_deadline", "decide_by",
+              postgresql_where=text(DECIDE_BY_SQL), sqlite_where=text(DECIDE_BY_SQL)),
     )
+
+
+class Vote(Base):
+    """One approver's decision on a request (`extension_id` '') or on one of its extensions: counted once."""
+
+    __tablename__ = "votes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    extension_id: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    approver_id: Mapped[str] = mapped_column(String(128))
+    decision: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str | None] = mapped_column(Text)
+    event_id: Mapped[str | None] = mapped_column(String(128))
+    at: Mapped[datetime]
+    __table_args__ = (
+        UniqueConstraint("request_id", "extension_id", "approver_id"),
+        CheckConstraint("decision IN ('approve', 'deny')", name="decision"),
+    )
+
+
+class Extension(Base):
+    """A requester's ask for more time on an active elevation: PENDING until EXTENDED or DENIED."""
+
+    __tablename__ = "extensions"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128), index=True)
+    requester_id: Mapped[str] = mapped_column(String(128))
+    duration_seconds: Mapped[int] = mapped_column(Integer)
+    justification: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16))
+    requested_at: Mapped[datetime]
+    decided_at: Mapped[datetime | None]
+    approver_id: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    previous_expires_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    event_id: Mapped[str] = mapped_column(String(128))
+    __table_args__ = (CheckConstraint("state IN ('PENDING', 'EXTENDED', 'DENIED')", name="state"),)
 
 
 class Membership(Base):
