@@ -18,4 +18,5 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 
+bash scripts/install-test-tools.sh
 bash scripts/ensure-services.sh "${@}"

@@ -27,7 +27,7 @@ from shared.db.models import ACTIVE_SQL, EXPIRABLE_SQL, Drift, OutboxEvent, Requ
 from shared.states import State
 
 # `*_created` series double the output and nothing here reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
 
 EVENTS_CONSUMED = Counter(
     "jit_events_consumed_total", "Events this daemon consumed, by type and outcome "
