@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.events import EVENT_TYPES, BadEvent, ElevationRequested, new_event, parse_event
 
+ROOT = Path(__file__).resolve().parents[2]
 REQUESTED = {
     "request_id": "req-1", "checkout_id": "co-1", "secret_id": "sec-1", "requester_id": "alice",
     "host": "web01.corp.example", "justification": "patching", "checkout_expires_at": "2026-11-24T11:00:00+01:00",
@@ -95,12 +99,41 @@ def test_new_event_validates_outgoing_data() -> None:
 
 
 def test_the_committed_asyncapi_document_matches_the_models() -> None:
-    from pathlib import Path
-
     from shared.asyncapi import render
 
-    committed = (Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml").read_text()
+    committed = (ROOT / "docs" / "asyncapi.yaml").read_text()
     assert committed == render(), "regenerate with: python -m shared.asyncapi > docs/asyncapi.yaml"
+
+
+def test_asyncapi_operations_name_every_sender_and_what_each_daemon_consumes() -> None:
+    from services.approval.main import ROUTING_KEYS as APPROVAL
+    from services.elevator.handler import ROUTING_KEYS as ELEVATOR
+    from services.reaper.handlers import ROUTING_KEYS as REAPER
+    from shared.asyncapi import CONSUMED, SENDERS, document
+
+    assert CONSUMED == {"approval": APPROVAL, "elevator": ELEVATOR, "reaper": REAPER}
+    assert set(SENDERS) == set(EVENT_TYPES)
+    doc = document()
+    assert doc["asyncapi"] == "3.0.0"
+    operations = doc["operations"]
+    assert operations["approvalSendsElevationApproved"]["action"] == "send"
+    assert operations["reaperReceivesSecretCheckedIn"]["action"] == "receive"
+    assert "connectionWorkflowSendsElevationApproved" not in operations, "only jit-approval approves"
+    assert {"requestsTabSendsElevationDecided", "jitctlSendsElevationDecided"} <= set(operations)
+    for daemon in CONSUMED:
+        assert doc["channels"][f"{daemon}DeadLetters"]["address"] == f"jit.{daemon}.dead"
+
+
+def test_the_official_asyncapi_parser_reads_the_document_without_errors_or_warnings() -> None:
+    node, modules = shutil.which("node"), ROOT / ".jit-tools" / "node"
+    if node is None or not (modules / "node_modules" / "@asyncapi" / "parser").is_dir():
+        pytest.skip("Node or @asyncapi/parser is not installed (scripts/install-test-tools.sh installs the parser)")
+    script = Path(__file__).with_name("asyncapi_parse.cjs")
+    done = subprocess.run([node, str(script), str(modules), str(ROOT / "docs" / "asyncapi.yaml")],
+                          capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(done.stdout)
+    assert result["version"] == "3.0.0"
+    assert result["counts"]["error"] == 0 and result["counts"]["warning"] == 0, result["problems"]
 
 
 def test_the_extension_and_multi_approval_additions_are_additive() -> None:
