@@ -36,7 +36,7 @@ def lock_request(session: Session, request_id: str) -> None:
 
 
 def approve(session: Session, row: Request, *, approver_id: str, window_seconds: int, now: datetime, cause: Cause,
-            policy: str | None = None) -> bool:
+            policy: str | None = None, approvers: list[str] | None = None) -> bool:
     # The window the requester asked for (`duration_seconds`) can only shorten the task's window.
     expires_at = approval_expiry(row.checkout_expires_at, now, window_seconds, row.duration_seconds)
     values = {"approver_id": approver_id, "decided_at": now, "expires_at": expires_at, "reason": cause.reason}
@@ -44,7 +44,7 @@ def approve(session: Session, row: Request, *, approver_id: str, window_seconds:
         return False
     outbox.enqueue(session, new_event("elevation.approved", ElevationApproved(
         request_id=row.id, checkout_id=row.checkout_id, secret_id=row.secret_id, approver_id=approver_id,
-        expires_at=expires_at, policy=policy), source=SOURCE))
+        expires_at=expires_at, policy=policy, approvers=approvers), source=SOURCE))
     log.info("elevation.approved", request_id=row.id, checkout_id=row.checkout_id, host=row.host,
              approver_id=approver_id, expires_at=expires_at.isoformat())
     return True

@@ -1,8 +1,10 @@
-"""`jit-approval`: consumes `elevation.requested` and `elevation.decided`, publishes approved/denied/cancelled.
+"""`jit-approval`: consumes `elevation.requested`, `elevation.decided` and `elevation.extend_requested`,
+publishes approved/denied/cancelled and extended/extension_denied, and answers `status.query`.
 
 Every event is handled in one transaction: inbox (one effect per event id), the state change, its
 audit row and its outgoing events (outbox). A periodic job cancels requests left undecided when
-their checkout window ends.
+their checkout window ends or their decision timeout passes. Status queries are not events: they
+have their own small consumer (`status_server.py`), on its own queue, served by every replica.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.approval.decisions import on_decided
+from services.approval.extensions import on_extend_requested
 from services.approval.requests import on_requested
+from services.approval.status_server import StatusServer
 from services.approval.sweeper import cancel_expired_pending
 from shared.clock import Clock
 from shared.daemon import Periodic, Runtime, daemon_main
@@ -23,10 +27,11 @@ from shared.events import Event
 from shared.logs import get_logger
 
 NAME = "approval"
-ROUTING_KEYS = ("elevation.requested", "elevation.decided")
+ROUTING_KEYS = ("elevation.requested", "elevation.decided", "elevation.extend_requested")
 HANDLERS: dict[str, Callable[[Session, Event, datetime], None]] = {
     "elevation.requested": on_requested,
     "elevation.decided": on_decided,
+    "elevation.extend_requested": on_extend_requested,
 }
 log = get_logger()
 
@@ -46,7 +51,8 @@ def processor(factory: sessionmaker[Session], clock: Clock) -> Callable[[Event],
 def build(runtime: Runtime) -> int:
     sweeper = Periodic("approval.sweeper", runtime.settings.sweep_interval_seconds,
                        lambda: cancel_expired_pending(runtime.factory, runtime.clock))
-    return runtime.serve(ROUTING_KEYS, processor(runtime.factory, runtime.clock), periodic=[sweeper])
+    with StatusServer(runtime.settings, runtime.factory, runtime.clock, runtime.stopping).running():
+        return runtime.serve(ROUTING_KEYS, processor(runtime.factory, runtime.clock), periodic=[sweeper])
 
 
 def main() -> None:

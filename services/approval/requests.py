@@ -1,7 +1,8 @@
 """`elevation.requested`: record the request as PENDING, APPROVED by policy, or DENIED by a rule.
 
 The request row snapshots what it is for (task, account, group) so later configuration edits cannot
-redirect it; its host is recorded in canonical form (`shared.hosts`). A request id seen before is a
+redirect it, and the deadline of its decision (`decide_by`, from the task's `decision_timeout_seconds`);
+its host is recorded in canonical form (`shared.hosts`). A request id seen before is a
 duplicate (inbox and primary key): one effect.
 """
 
@@ -21,7 +22,7 @@ from shared.db.transitions import Cause
 from shared.events import ElevationRequested, Event
 from shared.hosts import canonical_host
 from shared.logs import get_logger
-from shared.rules import NOT_REQUIRED_POLICY, POLICY, Outcome, decide_request
+from shared.rules import NOT_REQUIRED_POLICY, POLICY, Outcome, decide_request, decision_deadline
 from shared.states import State
 from shared.winrm.names import member_name
 
@@ -39,6 +40,7 @@ def new_row(session: Session, data: ElevationRequested, now: datetime) -> Reques
         state=State.PENDING.value, task_id=task.id if task else None,
         account=member_name(secret.account, secret.domain) if secret else None, group=task.group if task else None,
         requested_at=now, checkout_expires_at=data.checkout_expires_at, pre_existing=False, failed=False,
+        decide_by=decision_deadline(now, task.decision_timeout_seconds) if task and task.approval_required else None,
         attempts=0, updated_at=now,
     )
 

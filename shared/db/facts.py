@@ -38,7 +38,9 @@ def secret_facts(session: Session, secret_id: str) -> SecretFacts | None:
     addresses = session.scalars(select(Host.address).where(Host.application_id == secret.application_id))
     task_facts = None if task is None else TaskFacts(
         id=task.id, group=task.group, approval_required=task.approval_required,
-        approval_window_seconds=task.approval_window_seconds,
+        approval_window_seconds=task.approval_window_seconds, approvals_required=task.approvals_required,
+        deny_policy=task.deny_policy, decision_timeout_seconds=task.decision_timeout_seconds,
+        extension=task.extension, extension_max_total_seconds=task.extension_max_total_seconds,
     )
     return SecretFacts(id=secret.id, checkout_enabled=secret.checkout_enabled,
                        hosts=frozenset(canonical_host(a) for a in addresses), task=task_facts)
