@@ -47,6 +47,8 @@ class StatusServer:
         self.stopping = stopping or threading.Event()
         self.ready = threading.Event()
         self._pool = WorkerPool(settings.workers, name="status-worker")
+        self.answered = 0  # replies computed by this replica (tests and the benchmark read it)
+        self._count = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @contextmanager
@@ -75,6 +77,8 @@ class StatusServer:
         except sa_exc.SQLAlchemyError as exc:
             log.error("status.query.failed", error=str(exc).splitlines()[0][:300])
             reply = {"error": "status unavailable: the database did not answer"}
+        with self._count:
+            self.answered += 1
         return json.dumps(reply, separators=(",", ":")).encode()
 
     def _run(self) -> None:
