@@ -16,8 +16,8 @@ class StatusClient:
         channel.basic_consume(REPLY_TO, lambda _c, _m, props, body: self.replies.update(
             {props.correlation_id: json.loads(body)}), auto_ack=True)
 
-    def ask(self, secret_id: str, user_id: str, checkout_id: str | None = None, timeout: float = 5.0) -> dict[str, object]:
-        query, cid = {"secret_id": secret_id, "user_id": user_id, "checkout_id": checkout_id}, str(uuid.uuid4())
+    def ask(self, secret_id: str, user: str, checkout_id: str | None = None, timeout: float = 5.0) -> dict[str, object]:
+        query, cid = {"secret_id": secret_id, "user_id": user, "checkout_id": checkout_id}, str(uuid.uuid4())
         self.channel.basic_publish(self.exchange, "status.query", json.dumps(query).encode(), pika.BasicProperties(
             reply_to=REPLY_TO, correlation_id=cid, content_type="application/json", user_id=self.user_id))
         deadline = time.monotonic() + timeout

@@ -48,7 +48,8 @@ class World:
         self.client = load_client_module().StatusClient(self.channel, exchange=settings.exchange)
         self.publisher = Publisher(settings)
 
-    def ask(self, secret_id: str = "sec-0-0", user_id: str = "alice", checkout_id: str | None = None) -> Any:
+    def ask(self, secret_id: str = "sec-0-0", user_id: str = "alice",  # noqa: S107 - ids, not passwords
+            checkout_id: str | None = None) -> Any:
         return self.client.ask(secret_id, user_id, checkout_id, timeout=10)
 
     def send(self, event: Event) -> str:
