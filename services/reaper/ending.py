@@ -38,10 +38,28 @@ log = logs.get_logger()
 
 def end_request(session: Session, request: Request, *, now: datetime, end_trigger: str, cause: Cause,
                 lease_until: datetime | None = None) -> State | None:
-    """End one active request by compare-and-set; returns its new state or None (already ended / lost a race).
+    """End one active request by compare-and-set; returns its new state or None (already ended).
 
     `lease_until`: the caller claims the revocation until then (it starts it right after the commit);
-    without it the revocation is due at once for any reaper's sweeper."""
+    without it the revocation is due at once for any reaper's sweeper.
+
+    A compare-and-set that loses to a concurrent transition (on PostgreSQL: an approval committed while
+    this transaction waited on the row, e.g. the N-th approval racing a check-in) is tried again on the
+    row as now committed, so the end is never lost to a change from one active state to another."""
+    for _ in range(len(State)):  # each retry follows a real transition: the machine is acyclic but REVOKING
+        before = request.state
+        new = _end_once(session, request, now=now, end_trigger=end_trigger, cause=cause, lease_until=lease_until)
+        if new is not None:
+            return new
+        fresh = load(session, request.id)
+        if fresh is None or fresh.state == before:
+            return None
+        request = fresh
+    return None
+
+
+def _end_once(session: Session, request: Request, *, now: datetime, end_trigger: str, cause: Cause,
+              lease_until: datetime | None) -> State | None:
     state = State(request.state)
     if state is State.PENDING:
         new = transition(session, request, Trigger.END, now=now, cause=cause,
