@@ -26,7 +26,7 @@ from shared.db.engine import transaction
 from shared.db.models import AuditEntry, Extension, Request
 from shared.events import Event, new_event
 from shared.settings import Settings
-from tests.integration.approval_harness import EventTap, approval_running, decided, poll, requested
+from tests.integration.approval_harness import EventTap, approval_running, decided, requested
 from tests.integration.test_multi_approval import World, _catching, configure, seed
 
 pytestmark = [pytest.mark.rabbitmq]
