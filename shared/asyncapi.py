@@ -46,11 +46,10 @@ SENDERS: dict[str, tuple[str, ...]] = {
 }
 # What each daemon consumes (its routing keys; a test holds this equal to the services' ROUTING_KEYS).
 CONSUMED: dict[str, tuple[str, ...]] = {
-    "approval": ("elevation.requested", "elevation.decided"),
+    "approval": ("elevation.requested", "elevation.decided", "elevation.extend_requested"),
     "elevator": ("elevation.approved",),
     "reaper": ("secret.checked_in", "elevation.expired", "elevation.revoke_requested"),
 }
-RESERVED = {"elevation.extend_requested", "elevation.extended", "elevation.extension_denied"}
 AMQP_BINDING = "0.3.0"
 
 
@@ -81,12 +80,9 @@ def _message(event_type: str) -> dict[str, Any]:
 
 def _event_channel(event_type: str) -> dict[str, Any]:
     name = DATA_MODELS[event_type].__name__
-    description = f"Routing key `{event_type}` on the topic exchange."
-    if event_type in RESERVED:
-        description += " Reserved: defined in the contract; no daemon sends or acts on it yet."
     return {
         "address": event_type,
-        "description": description,
+        "description": f"Routing key `{event_type}` on the topic exchange.",
         "messages": {name: {"$ref": f"#/components/messages/{name}"}},
         "bindings": {"amqp": {"is": "routingKey", "exchange": {
             "name": "jit.events", "type": "topic", "durable": True, "autoDelete": False, "vhost": "/"},
