@@ -131,7 +131,23 @@ class TaskSpec(Strict):
     on_revoke: Literal["report", "logoff"] = "report"
     # What the reconciler does with a member of the task's group that no grant explains.
     drift: Literal["report", "remove"] = "report"
+    # Distinct approvers a request (and an extension) needs; the requester never counts. What a denial does:
+    # any = one denial denies; majority = denials from more than half of approvals_required deny.
+    approvals_required: int = Field(1, ge=1, le=20)
+    deny: Literal["any", "majority"] = "any"
+    # A request nobody decides is cancelled (reason decision_timeout) this long after it arrived.
+    decision_timeout_seconds: int | None = Field(None, gt=0, le=366 * 24 * 3600)
+    # What an extension of an active elevation needs, and the longest window any elevation of the task may
+    # reach, counted from its approval (the checkout's end bounds it always).
+    extension: Literal["refused", "automatic", "approval"] = "refused"
+    extension_max_total_seconds: int | None = Field(None, gt=0, le=366 * 24 * 3600)
     secrets: list[str] = []
+
+    @model_validator(mode="after")
+    def _approvals(self) -> TaskSpec:
+        if self.approvals_required > 1 and self.approval == "not_required":
+            raise ValueError(f"task {self.id}: approvals_required {self.approvals_required} needs approval: required")
+        return self
 
     @field_validator("group")
     @classmethod

@@ -117,7 +117,9 @@ def apply_config(session: Session, config: ConfigFile, *, now: datetime, end_act
         _upsert(session, summary, f"task {t.id}", Task, t.id, {
             "id": t.id, "group": t.group, "approval_required": t.approval == "required",
             "approval_window_seconds": t.approval_window_seconds, "removal_policy": t.removal_policy,
-            "on_revoke": t.on_revoke, "drift": t.drift})
+            "on_revoke": t.on_revoke, "drift": t.drift, "approvals_required": t.approvals_required,
+            "deny_policy": t.deny, "decision_timeout_seconds": t.decision_timeout_seconds, "extension": t.extension,
+            "extension_max_total_seconds": t.extension_max_total_seconds})
     session.flush()
     _apply_links(session, {sid: t.id for t in config.tasks for sid in t.secrets}, summary)
     _remove_missing(session, config, kept_hosts, summary)
