@@ -11,11 +11,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from jitctl import config, decide, demo, ledger, query, revoke
+from jitctl import config, decide, demo, extend, ledger, query, revoke
 from jitctl.common import CliError
 from shared import logs
 
-COMMAND_MODULES = [config, decide, query, revoke, ledger, demo]
+COMMAND_MODULES = [config, decide, query, revoke, extend, ledger, demo]
 
 
 def parser() -> argparse.ArgumentParser:
