@@ -1,63 +1,72 @@
 """What every jitctl command shares: settings, the database, publishing, output, and errors without tracebacks.
 
 A command raises `CliError` (or lets a known infrastructure error through); `main` prints one clear
-message on stderr and exits non-zero.
+message on stderr and exits with the code listed in `jitctl --help` (shared/cli.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.amqp.publisher import Publisher
+from shared.cli import FAILED, USAGE
 from shared.db.engine import make_engine, session_factory
 from shared.events import Event, format_time
 from shared.logs import hide_password
 from shared.routes import declare_all
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError, missing_sqlite_file
 
 
 class CliError(Exception):
     """A failure to report on stderr as-is, with exit code `code`."""
 
-    def __init__(self, message: str, code: int = 1) -> None:
+    def __init__(self, message: str, code: int = FAILED) -> None:
         super().__init__(message)
         self.code = code
 
 
 def load_settings() -> Settings:
     try:
-        return Settings()
-    except Exception as exc:
-        raise CliError(f"invalid JIT_* configuration: {exc}", 2) from None
+        return Settings.from_environment()
+    except SettingsError as exc:
+        raise CliError(f"invalid environment: {exc}", USAGE) from None
 
 
 @contextmanager
-def database(settings: Settings) -> Iterator[sessionmaker[Session]]:
+def database(settings: Settings, *, create: bool = False) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the configured database. Unless `create`, a missing SQLite file is an error, never made."""
+    path = missing_sqlite_file(settings.database_url)
+    if path is not None and not create:
+        raise CliError(f"no database at {path} (JIT_DATABASE_URL={hide_password(settings.database_url)}): check the "
+                       "path, or run `jitctl db upgrade` to create it there")
     engine = make_engine(settings.database_url)
     try:
         yield session_factory(engine)
-    except sa.exc.OperationalError as exc:
-        raise database_error(settings, exc) from None
-    except sa.exc.ProgrammingError as exc:
+    except sa.exc.SQLAlchemyError as exc:
         raise database_error(settings, exc) from None
     finally:
         engine.dispose()
 
 
 def database_error(settings: Settings, exc: Exception) -> CliError:
-    text = str(getattr(exc, "orig", exc))
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
     where = hide_password(settings.database_url)
     if "no such table" in text or ("does not exist" in text and "relation" in text):
         return CliError(f"the database {where} has no jit schema yet: run `jitctl db upgrade` first")
-    return CliError(f"database {where} is not usable: {text.strip().splitlines()[0] if text.strip() else exc!r}")
+    if "file is not a database" in text:
+        return CliError(f"{where} is not an SQLite database (file is not a database): check JIT_DATABASE_URL")
+    return CliError(f"database {where} is not usable: {hide_password(first)}")
 
 
 def publish(settings: Settings, events: Sequence[Event]) -> None:
@@ -77,12 +86,23 @@ def broker_message(settings: Settings, exc: Exception) -> str:
             "Start it (`rabbitmq-server -detached`, or `systemctl start rabbitmq-server`) or set JIT_AMQP_URL.")
 
 
-def show(value: Any) -> str:
+def relative(value: datetime, now: datetime | None = None) -> str:
+    """'3 min ago', 'in 2 h': how far a time is from now, to the unit that reads best."""
+    seconds = ((now or datetime.now(UTC)) - value).total_seconds()
+    ahead, seconds = seconds < 0, abs(seconds)
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min"), (1, "s")):
+        if seconds >= size or unit == "s":
+            amount = f"{int(seconds // size)} {unit}"
+            return f"in {amount}" if ahead else f"{amount} ago"
+    raise AssertionError("unreachable")
+
+
+def show(value: Any, now: datetime | None = None) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return format_time(value)
-    return str(value)
+        return f"{format_time(value)} ({relative(value, now)})"
+    return str(value).replace("\n", " ")
 
 
 def plain(value: Any) -> Any:
@@ -95,10 +115,47 @@ def print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Plain aligned columns, headers in capitals."""
-    cells = [[show(row.get(c)) for c in columns] for row in rows]
+def stream_json(rows: Iterable[dict[str, Any]], *, lines: bool) -> int:
+    """Write rows as they come (constant memory): a JSON array, or JSON Lines. Returns how many."""
+    count = 0
+    if not lines:
+        sys.stdout.write("[")
+    for row in rows:
+        text = json.dumps(row, default=plain)
+        sys.stdout.write(text + "\n" if lines else ("\n" if count == 0 else ",\n") + "  " + text)
+        count += 1
+    if not lines:
+        sys.stdout.write("\n]\n" if count else "]\n")
+    return count
+
+
+def terminal_width() -> int | None:
+    """The width to fit: $COLUMNS, else the terminal's; None when stdout is not a terminal (keep lines whole)."""
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, shrink: Sequence[str] = ()) -> None:
+    """Aligned columns, headers in capitals; times in UTC with how long ago. To fit the terminal, the
+    `shrink` columns (then the last one) are cut, marked with '~'."""
+    now = datetime.now(UTC)
+    cells = [[show(row.get(c), now) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    width = terminal_width()
+    if width is not None:
+        over = sum(widths) + 2 * (len(widths) - 1) - width
+        for name in [*shrink, columns[-1]]:
+            i = columns.index(name)
+            if over <= 0:
+                break
+            cut = min(over, widths[i] - max(len(name), 6))
+            widths[i] -= max(cut, 0)
+            over -= max(cut, 0)
+
+    def fit(text: str, w: int) -> str:
+        return text if len(text) <= w else text[: w - 1] + "~"
+
+    print("  ".join(fit(c.upper(), w).ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for r in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+        print("  ".join(fit(v, w).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()[: width or None])

@@ -2,28 +2,36 @@
 
 Each command group lives in its own module exposing `register(subparsers)`, which adds its parsers
 with `set_defaults(func=...)`; `func(args)` returns the exit code. Add a group by listing its module.
+No path a person types ends in a traceback: errors are one line on stderr with a documented exit code.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from jitctl import config, decide, demo, extend, ledger, query, revoke
+from jitctl import completion, config, decide, demo, extend, ledger, query, revoke
 from jitctl.common import CliError
 from shared import logs
+from shared.cli import EXIT_CODES, INTERRUPTED, OneLineParser, add_version
 
-COMMAND_MODULES = [config, decide, query, revoke, extend, ledger, demo]
+COMMAND_MODULES = [config, decide, query, revoke, extend, ledger, demo, completion]
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="jitctl", description="Operate jit-elevation: configuration, requests, "
-                                   "decisions, status and the audit trail. Settings come from JIT_* variables.")
+    root = OneLineParser(prog="jitctl", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
+                         description="Operate jit-elevation: configuration, requests, decisions, status and the "
+                                     "audit trail. Settings come from JIT_* variables (README).")
+    add_version(root)
     subparsers = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(subparsers)
+    for sub in subparsers.choices.values():
+        sub.formatter_class = argparse.RawDescriptionHelpFormatter
+        sub.epilog = ((sub.epilog + "\n\n") if sub.epilog else "") + EXIT_CODES
     return root
 
 
@@ -35,11 +43,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         code = args.func(args)
+        sys.stdout.flush()
     except CliError as exc:
         print(f"jitctl {args.command}: {exc}", file=sys.stderr)
         code = exc.code
     except KeyboardInterrupt:
-        code = 130
+        code = INTERRUPTED
+    except BrokenPipeError:
+        # `jitctl requests | head -2`: the reader has what it wanted. Stop quietly, like other filters.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     raise SystemExit(code)
 
 

@@ -15,14 +15,17 @@ that is gone for good stays listed as stalled; see docs/reaper.md).
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from sqlalchemy import select
 
 from jitctl.common import CliError, database, load_settings, print_json, print_table, publish
+from jitctl.decide import POLL_SECONDS, add_wait
 from services.reaper.main import winrm_port
 from services.reaper.plan import make_plan
 from services.reaper.revocation import Revoker
+from shared.cli import OK, TIMED_OUT, USAGE
 from shared.clock import SystemClock
 from shared.db.engine import transaction
 from shared.db.models import Request, User
@@ -30,7 +33,7 @@ from shared.db.targets import TargetError
 from shared.db.transitions import Cause, load
 from shared.events import BadEvent, new_event
 from shared.settings import Settings
-from shared.states import ACTIVE, State
+from shared.states import ACTIVE, TERMINAL, State
 from shared.winrm import WinRMError, WinRMPort
 
 SOURCE = "jitctl"
@@ -45,6 +48,8 @@ def register(subparsers: Any) -> None:
     revoke.add_argument("--reason", required=True, help="why; kept in the audit trail")
     revoke.add_argument("--force", action="store_true",
                         help="for a stalled revocation: ask the host once more and mark it revoked if it confirms")
+    add_wait(revoke, "the request to end (REVOKED or FAILED)")
+    revoke.add_argument("--json", action="store_true", help="print the result as JSON")
     revoke.set_defaults(func=run)
     listing = subparsers.add_parser("revocations", help="revocations in progress (REVOKING), oldest first")
     listing.add_argument("--stalled", action="store_true", help="only those past the stall threshold")
@@ -56,9 +61,12 @@ def run(args: argparse.Namespace, port: WinRMPort | None = None) -> int:
     settings = load_settings()
     if args.command == "revocations":
         return list_revocations(settings, stalled=args.stalled, as_json=args.json)
+    if not args.reason.strip():
+        raise CliError("--reason must say why (it is kept in the audit trail)", USAGE)
     if args.force:
         return force(settings, args.request_id, args.operator, args.reason, port or winrm_port(settings))
-    return request_revoke(settings, args.request_id, args.operator, args.reason)
+    return request_revoke(settings, args.request_id, args.operator, args.reason, wait=args.wait,
+                          as_json=getattr(args, "json", False))
 
 
 def _check(settings: Settings, request_id: str, operator: str) -> Request:
@@ -71,7 +79,8 @@ def _check(settings: Settings, request_id: str, operator: str) -> Request:
         return request
 
 
-def request_revoke(settings: Settings, request_id: str, operator: str, reason: str) -> int:
+def request_revoke(settings: Settings, request_id: str, operator: str, reason: str, *, wait: float | None = None,
+                   as_json: bool = False) -> int:
     request = _check(settings, request_id, operator)
     if State(request.state) not in ACTIVE:
         raise CliError(f"request {request_id} has already ended ({request.state}); nothing to revoke")
@@ -81,9 +90,35 @@ def request_revoke(settings: Settings, request_id: str, operator: str, reason: s
     except BadEvent as exc:
         raise CliError(f"invalid request: {exc}", 2) from None
     publish(settings, [event])
+    result: dict[str, Any] = {"published": event.type, "event_id": event.id, "request_id": request_id}
+    code = OK
+    if wait is not None:
+        state = wait_until_ended(settings, request_id, wait)
+        result |= {"outcome": state.lower() if state else "timeout"}
+        code = OK if state else TIMED_OUT
+    if as_json:
+        print_json(result)
+        return code
     print(f"published elevation.revoke_requested {event.id}: the reaper will end {request_id} "
           f"({request.state}); follow it with `jitctl audit --request {request_id}`")
-    return 0
+    if wait is not None:
+        print(f"{request_id}: {result['outcome']}" + ("" if code == OK else f" (not ended within {wait:g} s: is "
+                                                                          "jit-reaper running?)"))
+    return code
+
+
+def wait_until_ended(settings: Settings, request_id: str, seconds: float) -> str | None:
+    """The request's final state (REVOKED, FAILED...), or None if it has not ended within `seconds`."""
+    deadline = time.monotonic() + seconds
+    with database(settings) as factory:
+        while True:
+            with factory() as session:
+                row = load(session, request_id)
+            if row is not None and State(row.state) in TERMINAL:
+                return row.state
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(POLL_SECONDS)
 
 
 def force(settings: Settings, request_id: str, operator: str, reason: str, port: WinRMPort) -> int:

@@ -167,14 +167,32 @@ class ConfigFile(Strict):
     tasks: list[TaskSpec] = []
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML where a key given twice in one mapping is an error, not "the last one wins" (a second
+    `users: []` appended to a file would otherwise silently remove every user)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line}); "
+                    "write it once", key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(text: str) -> ConfigFile:
     """Parse and validate a configuration file's text; raise ConfigError naming every problem."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"]) from None
-    if raw is None:
-        raw = {}
+    if raw is None or raw == {}:
+        raise ConfigError(["the file is empty (or only comments): nothing to apply. A file lists users, "
+                           "credential_providers, applications, secrets and tasks (deploy/sample-config.yaml)"])
     if not isinstance(raw, dict):
         raise ConfigError(["the file must be a mapping with users, credential_providers, applications, secrets, tasks"])
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import health, logs, metrics
+from shared import cli, health, logs, metrics
 from shared.amqp.connection import CONNECTION_ERRORS, backoff_delay, close_quietly, connect
 from shared.amqp.consumer import Consumer, Delivery, Outcome
 from shared.amqp.deadletters import DeadLetterWatch
@@ -29,7 +29,8 @@ from shared.db.outbox import OutboxRelay
 from shared.events import BadEvent, Event, parse_event
 from shared.probes import ProbeServer
 from shared.routes import declare_all
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError, missing_sqlite_file
+from shared.version import VERSION
 
 log = logs.get_logger()
 # The database is down or restarting: the same transaction will work once it is back.
@@ -252,17 +253,29 @@ def check(runtime: Runtime) -> int:
 
 
 def daemon_main(name: str, description: str, build: Callable[[Runtime], int]) -> None:
-    """Parse the (few) flags, configure logging from the environment, build and serve the daemon."""
-    parser = argparse.ArgumentParser(prog=f"jit-{name}", description=description,
-                                     epilog="Configuration comes from JIT_* environment variables (README).")
-    parser.add_argument("--check", action="store_true", help="connect to the database and broker, then exit")
+    """Parse the (few) flags, configure logging from the environment, build and serve the daemon.
+
+    Every log line carries `daemon` and `version`; a bad flag or JIT_* variable is one line on stderr
+    naming it, exit 2; exit codes are listed in `--help`.
+    """
+    parser = cli.OneLineParser(prog=f"jit-{name}", description=description,
+                               formatter_class=argparse.RawDescriptionHelpFormatter,
+                               epilog="Configuration comes from JIT_* environment variables (README).\n\n"
+                                      "exit codes:\n  0    stopped cleanly (SIGTERM), or --check: ready\n"
+                                      "  1    --check: not ready; or the broker or database never answered\n"
+                                      "  2    a bad option or JIT_* variable (named)")
+    cli.add_version(parser)
+    parser.add_argument("--check", action="store_true", help="check readiness (database schema, credential "
+                        "sources, broker), print it, and exit 0 if ready, 1 if not")
     args = parser.parse_args()
     try:
-        settings = Settings()
-    except Exception as exc:
-        print(f"jit-{name}: invalid configuration: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    logs.configure(settings.log_level, settings.log_format)
+        settings = Settings.from_environment()
+    except SettingsError as exc:
+        cli.fail(f"jit-{name}", f"invalid environment: {exc}", cli.USAGE)
+    logs.configure(settings.log_level, settings.log_format, daemon=name, version=VERSION)
+    missing = missing_sqlite_file(settings.database_url) if args.check else None
+    if missing is not None:  # a probe must not create an empty database at a mistyped path
+        cli.fail(f"jit-{name}", f"no database at {missing}: check JIT_DATABASE_URL, or run `jitctl db upgrade`")
     runtime = Runtime.create(name, settings)
     if args.check:
         raise SystemExit(check(runtime))

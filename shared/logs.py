@@ -52,8 +52,9 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-def configure(level: str = "info", fmt: str | None = None) -> None:
-    """Configure structlog and stdlib logging once, at process start."""
+def configure(level: str = "info", fmt: str | None = None, **static: Any) -> None:
+    """Configure structlog and stdlib logging once, at process start; `static` fields (a daemon's `daemon`
+    and `version`) are on every line, from every thread."""
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: Any = (
@@ -65,6 +66,7 @@ def configure(level: str = "info", fmt: str | None = None) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _Static(static),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -80,6 +82,18 @@ def configure(level: str = "info", fmt: str | None = None) -> None:
     root.setLevel(logging.WARNING)
     # pika logs every refused connection with a traceback; our amqp layer logs each failure once, structured.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+class _Static:
+    """Adds fixed fields to every line, after the line's own (which win)."""
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        self.fields = dict(fields)
+
+    def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in self.fields.items():
+            event_dict.setdefault(key, value)
+        return event_dict
 
 
 class _ToStructlog(logging.Handler):

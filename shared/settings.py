@@ -1,11 +1,34 @@
-"""The one configuration object, built once at start-up from the environment (contract section 2)."""
+"""The one configuration object, built once at start-up from the environment (contract section 2).
+
+`Settings.from_environment()` is what the daemons and jitctl call: it refuses an unknown `JIT_*`
+variable (a typo such as `JIT_WROKERS`) and reports every invalid value by the variable's name.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "JIT_"
+# JIT_* variables that are not settings: credential variables named by `password_env` (by convention
+# JIT_CRED_*), the demo's, the simulator's and the test suite's.
+RESERVED_PREFIXES = ("JIT_CRED_", "JIT_DEMO_", "JIT_WINRM_SIM_", "JIT_TEST_", "JIT_LEDGER_EXAMPLES")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class SettingsError(ValueError):
+    """The environment is refused; `problems` name each variable (`JIT_WORKERS=abc: ...`)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 class Settings(BaseSettings):
@@ -17,11 +40,14 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="JIT_", extra="ignore", frozen=True)
 
-    amqp_url: str = "amqp://guest:guest@localhost:5672/%2F"
-    database_url: str = "sqlite:///jit.db"
-    exchange: str = "jit.events"
-    log_format: Literal["json", "console"] | None = None
-    log_level: str = "info"
+    amqp_url: str = Field("amqp://guest:guest@localhost:5672/%2F", description="RabbitMQ URL (amqp:// or amqps://)")
+    database_url: str = Field("sqlite:///jit.db", description="SQLAlchemy URL: sqlite:///PATH, or "
+                              "postgresql+psycopg://user@host/db in production")
+    exchange: str = Field("jit.events", description="the durable topic exchange of the contract")
+    log_format: Literal["json", "console"] | None = Field(
+        None, description="json or console; unset: json unless stderr is a terminal")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="debug, info, warning, error or critical")
 
     queue_prefix: str = Field("jit", description="daemon queues are <prefix>.approval, .elevator, .reaper")
     prefetch: int = Field(16, ge=1, le=1000, description="unacked deliveries per consumer")
@@ -35,25 +61,29 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(64 * 1024, ge=1024, description="larger message bodies are rejected")
     outbox_poll_seconds: float = Field(0.2, gt=0, description="how often the relay looks for unpublished events")
 
-    sweep_interval_seconds: float = Field(1.0, gt=0)
+    sweep_interval_seconds: float = Field(
+        1.0, gt=0, description="how often the sweepers look for ended windows, due retries and lost elevators")
     per_host_concurrency: int = Field(5, ge=1, description="WinRM shells in flight per host and process")
-    winrm_operation_timeout_seconds: int = Field(20, ge=1)
-    winrm_read_timeout_seconds: int = Field(30, ge=2)
+    winrm_operation_timeout_seconds: int = Field(20, ge=1, description="WS-Management OperationTimeout of one call")
+    winrm_read_timeout_seconds: int = Field(
+        30, ge=2, description="HTTP read timeout of one WinRM request (above the operation timeout)")
     winrm_deadline_seconds: float = Field(60.0, gt=0, description="overall deadline of one WinRM operation")
-    retry_initial_seconds: float = Field(0.5, gt=0)
+    retry_initial_seconds: float = Field(0.5, gt=0, description="first backoff step (full jitter)")
     retry_max_seconds: float = Field(30.0, gt=0, description="cap of one backoff step, in-process and durable")
     retry_in_process_seconds: float = Field(20.0, ge=0, description="in-process retrying before going durable")
     stall_threshold_seconds: float = Field(300.0, gt=0, description="revocation failing this long is 'stalled'")
     revocation_threads: int = Field(32, ge=1, le=1024, description="reaper threads performing revocations "
                                     "(mostly asleep in backoff while a host is down)")
     lease_seconds: float = Field(
-        75.0, gt=0, description="a claimed row stays ours this long past its retry budget; keep it above "
-                                "winrm_deadline_seconds so one last attempt fits before another replica retakes it")
+        75.0, gt=0, description="jit-reaper: a claimed revocation stays ours for retry_in_process_seconds plus "
+                                "this; keep it above winrm_deadline_seconds + 2 so one last call fits before "
+                                "another replica retakes it")
     elevation_retry_seconds: float = Field(
         60.0, ge=0, description="jit-elevator: in-process retrying of a transient WinRM failure before giving up")
     elevation_margin_seconds: float = Field(
         5.0, ge=0, description="jit-elevator: stop retrying this long before the elevation window ends")
-    shutdown_grace_seconds: float = Field(25.0, gt=0)
+    shutdown_grace_seconds: float = Field(
+        25.0, gt=0, description="on SIGTERM, how long in-flight messages may take before the daemon exits")
     dead_letter_check_seconds: float = Field(
         60.0, gt=0, description="how often each daemon counts its dead-letter queue (an error line while not empty)")
     reconcile_interval_seconds: float = Field(
@@ -63,6 +93,35 @@ class Settings(BaseSettings):
         None, ge=0, le=65535, description="HTTP port of /metrics, /healthz and /readyz on all interfaces (off when "
                                           "unset; 0 picks a free port)")
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return check_database_url(value)
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        return check_amqp_url(value)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """The settings of this process; SettingsError names each unknown or invalid JIT_* variable."""
+        env = os.environ if environ is None else environ
+        problems = unknown_variables(env)
+        try:
+            settings = cls(**overrides) if environ is None else cls.model_validate(_values(env) | overrides)
+        except ValidationError as exc:
+            problems += [_describe(err, env) for err in exc.errors()]
+            raise SettingsError(problems) from None
+        if problems:
+            raise SettingsError(problems)
+        return settings
+
     def allowed_publishers(self, event_type: str) -> frozenset[str] | None:
         """Broker users allowed to publish `event_type`, or None when any user may."""
         if event_type == "elevation.decided" and self.decision_publishers.strip():
@@ -71,3 +130,81 @@ class Settings(BaseSettings):
 
     def queue(self, daemon: str) -> str:
         return f"{self.queue_prefix}.{daemon}"
+
+
+def variable(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line for each JIT_* variable that is neither a setting nor reserved, with the likely meant one."""
+    known = {variable(f) for f in Settings.model_fields}
+    problems = []
+    for name in sorted(environ):
+        if not name.startswith(PREFIX) or name in known or name.startswith(RESERVED_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]}" if close else "the settings are listed in README.md"
+        problems.append(f"{name} is not a setting ({hint}); name credential variables JIT_CRED_*")
+    return problems
+
+
+def _values(environ: Mapping[str, str]) -> dict[str, str]:
+    return {f: environ[variable(f)] for f in Settings.model_fields if variable(f) in environ}
+
+
+def _describe(err: Any, environ: Mapping[str, str]) -> str:
+    field = str(err["loc"][0]) if err["loc"] else "?"
+    name = variable(field)
+    shown = environ.get(name)
+    value = f"={shown!r}" if shown is not None and "url" not in field else ""
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{name}{value}: {message}"
+
+
+def check_database_url(url: str) -> str:
+    """A SQLAlchemy URL this project can open, or ValueError saying what to write instead."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError("not a database URL; write sqlite:///PATH (e.g. sqlite:///jit.db) or "
+                         "postgresql+psycopg://USER@HOST/DB") from None
+    if parsed.drivername == "postgresql":
+        return url  # the engine reads postgresql:// as postgresql+psycopg://
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ValueError(f"unknown database driver {parsed.drivername!r}; write postgresql+psycopg://USER@HOST/DB "
+                         "or sqlite:///PATH") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(f"{parsed.drivername} is not supported; use PostgreSQL (postgresql+psycopg://USER@HOST/DB) "
+                         "or SQLite (sqlite:///PATH)")
+    if parsed.get_backend_name() == "sqlite" and not parsed.database:
+        raise ValueError("the SQLite URL names no file; write sqlite:///PATH (e.g. sqlite:///jit.db)")
+    return url
+
+
+def check_amqp_url(url: str) -> str:
+    """An AMQP URL pika can use, or ValueError saying what to write instead."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ValueError("not a RabbitMQ URL; write amqp://USER:PASSWORD@HOST:5672/VHOST (amqps:// for TLS)")
+    return url
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL names when it does not exist (opening it would create an empty one), else None."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path

@@ -11,6 +11,8 @@ import tempfile
 import threading
 from typing import Any
 
+from shared.cli import FAILED, USAGE, OneLineParser, add_version, fail
+
 from .control import ControlServer
 from .server import SimulatedHost
 from .tls import make_certificates
@@ -58,11 +60,30 @@ net localgroup G M /add|/delete are understood; other commands get a Windows-sty
 """
 
 
+EXIT_CODES = """
+exit codes: 0 stopped by SIGTERM/SIGINT; 1 cannot listen (port in use, address not local);
+2 a bad option (named).
+"""
+
+
 def _host_spec(text: str) -> tuple[str, int]:
     address, sep, port = text.rpartition(":")
     if not sep or address.endswith(":") or (address.count(":") and not address.startswith("[")):
-        return text.strip("[]"), 0
+        address, port = text, "0"
+    if not address.strip("[]") or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: write ADDRESS or ADDRESS:PORT with PORT 0-65535 "
+                                         "(e.g. 127.0.0.2:5985)")
     return address.strip("[]"), int(port)
+
+
+def _pair(what: str) -> Any:
+    def parse(text: str) -> tuple[str, str]:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise argparse.ArgumentTypeError(f"{text!r}: write {what}")
+        return key.strip(), value.strip()
+
+    return parse
 
 
 def _parse_users(values: list[str], password_env: str) -> tuple[dict[str, str], str | None]:
@@ -73,7 +94,7 @@ def _parse_users(values: list[str], password_env: str) -> tuple[dict[str, str], 
         if not sep:
             password = os.environ.get(password_env, DEFAULT_PASSWORD if not values else "")
             if not password:
-                raise SystemExit(f"no password for {name}: set ${password_env} or use USER:PASSWORD")
+                fail("jit-winrm-sim", f"no password for {name}: set ${password_env} or use USER:PASSWORD", USAGE)
         if "\\" in name:
             domain, _, name = name.partition("\\")
         users[name] = password
@@ -81,11 +102,12 @@ def _parse_users(values: list[str], password_env: str) -> tuple[dict[str, str], 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jit-winrm-sim", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+    parser = OneLineParser(
+        prog="jit-winrm-sim", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG + EXIT_CODES,
         description="Simulated Windows hosts speaking WS-Management (WinRM cmd shell) to pywinrm, for tests "
                     "and demos. Runs until SIGTERM or SIGINT, then exits 0.")
-    parser.add_argument("--host", action="append", default=[], metavar="ADDRESS[:PORT]",
+    add_version(parser)
+    parser.add_argument("--host", action="append", default=[], metavar="ADDRESS[:PORT]", type=_host_spec,
                         help="a host to simulate; repeat for several (127.0.0.2, 127.0.0.3 ... are loopback "
                              "too). Port 0 or none: an ephemeral port. Default: 127.0.0.1:0")
     parser.add_argument("--https", action="store_true", help="serve HTTPS with a generated CA and certificate")
@@ -100,11 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-shells-per-user", type=int, default=30, help="MaxShellsPerUser (default 30)")
     parser.add_argument("--command-delay", type=float, default=0.0, metavar="S",
                         help="every command finishes S seconds after it starts (default 0)")
-    parser.add_argument("--group-name", action="append", default=[], metavar="SID=NAME",
+    parser.add_argument("--group-name", action="append", default=[], metavar="SID=NAME", type=_pair("SID=NAME"),
                         help="localised group name, e.g. S-1-5-32-544=Administratoren")
     parser.add_argument("--unknown-principal", action="append", default=[], metavar="NAME",
                         help="a name that does not resolve (PrincipalNotFound); repeatable")
-    parser.add_argument("--seed", action="append", default=[], metavar="SID=MEMBER",
+    parser.add_argument("--seed", action="append", default=[], metavar="SID=MEMBER", type=_pair("SID=MEMBER"),
                         help="a standing membership present at start; repeatable")
     parser.add_argument("--control-port", type=int, default=0,
                         help="port of the control endpoint on 127.0.0.1 (default 0: ephemeral; -1: none)")
@@ -114,23 +136,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     users, user_domain = _parse_users(args.user, args.password_env)
-    specs = [_host_spec(h) for h in (args.host or ["127.0.0.1:0"])]
-    group_names = dict(g.split("=", 1) for g in args.group_name)
+    specs = args.host or [("127.0.0.1", 0)]
+    group_names = dict(args.group_name)
     tmp = tempfile.TemporaryDirectory(prefix="jit-winrm-sim-")
     cert = make_certificates(tuple(a for a, _ in specs), tmp.name) if args.https else None
     hosts = []
-    for n, (address, port) in enumerate(specs, start=1):
-        host = SimulatedHost(
-            address, port, https=args.https, users=users, domain=user_domain or args.domain,
-            computer_name=args.computer_name.format(n=n), auth=tuple(args.auth.split(",")),
-            max_shells_per_user=args.max_shells_per_user, group_names=group_names,
-            unknown_principals=set(args.unknown_principal), cert=cert)
-        host.set_command_delay(args.command_delay)
-        for seed in args.seed:
-            sid, _, member = seed.partition("=")
-            host.seed_member(sid, member)
-        hosts.append(host.start())
-    control = ControlServer(hosts, "127.0.0.1", args.control_port).start() if args.control_port >= 0 else None
+    try:
+        for n, (address, port) in enumerate(specs, start=1):
+            host = SimulatedHost(
+                address, port, https=args.https, users=users, domain=user_domain or args.domain,
+                computer_name=args.computer_name.format(n=n), auth=tuple(args.auth.split(",")),
+                max_shells_per_user=args.max_shells_per_user, group_names=group_names,
+                unknown_principals=set(args.unknown_principal), cert=cert)
+            host.set_command_delay(args.command_delay)
+            for sid, member in args.seed:
+                try:
+                    host.seed_member(sid, member)
+                except KeyError:
+                    fail("jit-winrm-sim", f"--seed {sid}={member}: no group {sid} on a simulated host (give a "
+                                          "built-in group's SID, e.g. S-1-5-32-544)", USAGE)
+                except ValueError as exc:
+                    fail("jit-winrm-sim", f"--seed {sid}={member}: {exc}", USAGE)
+            try:
+                hosts.append(host.start())
+            except OSError as exc:
+                fail("jit-winrm-sim", f"cannot listen on {address}:{port}: {exc.strerror or exc}; choose another "
+                                      "--host ADDRESS:PORT (port 0: any free one)", FAILED)
+        control = ControlServer(hosts, "127.0.0.1", args.control_port).start() if args.control_port >= 0 else None
+    except OSError as exc:
+        fail("jit-winrm-sim", f"cannot listen on 127.0.0.1:{args.control_port} for --control-port: "
+                              f"{exc.strerror or exc}", FAILED)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -1,19 +1,24 @@
 """Writes a validated `ConfigFile` to the database in the caller's transaction, idempotently.
 
-Rows are upserted by id (hosts by application and canonical address) and rows missing from the file
-are removed. Grants survive configuration: a file that would remove (or move away) the secret, task,
-application, host or credential provider an APPROVED, ELEVATING or ELEVATED request depends on is
-refused with `ActiveRequestsError`, naming each such request and what would remove it, before
-anything is written; with `end_active=True` those requests are ended first, in the same transaction
-(they move to REVOKING and the reaper removes the account). PENDING requests that depend on removed
-rows are cancelled without asking, and so is every active request of a requester the file removes or
-demotes (vendor representative, or a requester permission lost). A REVOKING request blocks nothing:
-it carries what it needs to end in its own snapshot. Every ending is a compare-and-set transition
-audited with actor `jitctl apply`.
+Rows are upserted by id (hosts by application and canonical address). Rows missing from the file are
+removed only with `prune=True` (`jitctl apply --prune`); without it a file that would remove anything
+is refused whole (`ApplyRefused`, nothing written), naming each removal. Grants survive configuration:
+a file that would remove (or move away) the secret, task, application, host or credential provider an
+APPROVED, ELEVATING or ELEVATED request depends on is refused the same way, naming each such request
+and what would remove it; with `end_active=True` those requests are ended first, in the same
+transaction (they move to REVOKING and the reaper removes the account). PENDING requests that depend
+on removed rows are cancelled without asking, and so is every active request of a requester the file
+removes or demotes (vendor representative, or a requester permission lost). A REVOKING request blocks
+nothing: it carries what it needs to end in its own snapshot. Every ending is a compare-and-set
+transition audited with actor `jitctl apply`.
+
+`plan_config` computes the same changes as if `--prune --end-active` were given and leaves the
+session for the caller to roll back: `jitctl apply --dry-run` and `jitctl diff` print it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -63,15 +68,32 @@ class Conflict:
                 + "; ".join(self.causes))
 
 
-class ActiveRequestsError(Exception):
-    """The file would remove what active requests depend on; nothing was written."""
+class ApplyRefused(Exception):
+    """The file would remove rows without `prune`, or what active requests depend on without `end_active`;
+    the caller rolls back, so nothing is written."""
 
-    def __init__(self, conflicts: list[Conflict]) -> None:
+    def __init__(self, conflicts: list[Conflict], removals: list[str] | None = None) -> None:
         self.conflicts = conflicts
-        lines = "\n".join(f"  - {c.describe()}" for c in conflicts)
-        super().__init__(
-            f"refused: {len(conflicts)} active request(s) depend on what this file removes; nothing was changed. "
-            "Apply it with --end-active to end them first (they are revoked), or wait until they end:\n" + lines)
+        self.removals = removals or []
+        parts = []
+        if self.removals:
+            parts.append(f"this file removes {len(self.removals)} item(s) that are not in it; nothing was changed. "
+                         "Apply it with --prune to remove them, or add them back to the file (see what would "
+                         "change with --dry-run):\n" + "\n".join(f"  - {r}" for r in self.removals))
+        if conflicts:
+            parts.append(f"{len(conflicts)} active request(s) depend on what this file removes; nothing was changed. "
+                         "Apply it with --end-active to end them first (they are revoked), or wait until they "
+                         "end:\n" + "\n".join(f"  - {c.describe()}" for c in conflicts))
+        super().__init__("refused: " + "\n".join(parts))
+
+
+ActiveRequestsError = ApplyRefused  # the name callers and tests used first
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+def _quiet(_what: str, _done: int, _total: int) -> None:
+    """The default progress hook: nothing."""
 
 
 @dataclass
@@ -80,6 +102,7 @@ class Summary:
     updated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)  # the ended requests that needed end_active
 
     @property
     def changed(self) -> bool:
@@ -96,32 +119,47 @@ class _Ending:
     reason: str
 
 
-def apply_config(session: Session, config: ConfigFile, *, now: datetime, end_active: bool = False) -> Summary:
-    """Write `config`; raise ActiveRequestsError (nothing written) when it would remove what an
-    APPROVED, ELEVATING or ELEVATED request depends on, unless `end_active` ends those requests first."""
+def apply_config(session: Session, config: ConfigFile, *, now: datetime, end_active: bool = False,
+                 prune: bool = False, progress: Progress = _quiet) -> Summary:
+    """Write `config`. Raise ApplyRefused (the caller's transaction rolls back: nothing written) when it
+    removes rows and `prune` is false, or removes what an APPROVED, ELEVATING or ELEVATED request depends
+    on and `end_active` is false."""
+    summary = plan_config(session, config, now=now, progress=progress)
+    conflicts = [] if end_active else summary.conflicts
+    removals = [] if prune else summary.removed
+    if conflicts or removals:
+        raise ApplyRefused(conflicts, removals)
+    return summary
+
+
+def plan_config(session: Session, config: ConfigFile, *, now: datetime, progress: Progress = _quiet) -> Summary:
+    """Everything `config` changes, written to `session` as `--prune --end-active` would; the caller
+    commits (apply) or rolls back (dry-run, diff). `summary.conflicts` are the requests that need --end-active."""
+    progress("checking active requests", 0, 1)
     endings, conflicts = _plan_endings(session, config)
-    if conflicts and not end_active:
-        raise ActiveRequestsError(conflicts)
-    summary = Summary()
+    summary = Summary(conflicts=conflicts)
     _end_requests(session, endings, summary, now)
-    _apply_users(session, config, summary)
+    _apply_users(session, config, summary, progress)
     for p in config.credential_providers:
         _upsert(session, summary, f"credential provider {p.id}", CredentialProvider, p.id, {
             "id": p.id, "username": p.username, "password_env": p.password_env, "password_file": p.password_file})
-    kept_hosts = _apply_applications(session, config, summary)
-    for s in config.secrets:
+    kept_hosts = _apply_applications(session, config, summary, progress)
+    for n, s in enumerate(config.secrets, start=1):
         _upsert(session, summary, f"secret {s.id}", Secret, s.id, {
             "id": s.id, "account": s.account, "domain": s.domain, "application_id": s.application,
             "credential_provider_id": s.credential_provider, "checkout_enabled": s.checkout_enabled})
-    for t in config.tasks:
+        progress("secrets", n, len(config.secrets))
+    for n, t in enumerate(config.tasks, start=1):
         _upsert(session, summary, f"task {t.id}", Task, t.id, {
             "id": t.id, "group": t.group, "approval_required": t.approval == "required",
             "approval_window_seconds": t.approval_window_seconds, "removal_policy": t.removal_policy,
             "on_revoke": t.on_revoke, "drift": t.drift, "approvals_required": t.approvals_required,
             "deny_policy": t.deny, "decision_timeout_seconds": t.decision_timeout_seconds, "extension": t.extension,
             "extension_max_total_seconds": t.extension_max_total_seconds})
+        progress("tasks", n, len(config.tasks))
     session.flush()
     _apply_links(session, {sid: t.id for t in config.tasks for sid in t.secrets}, summary)
+    progress("removing what the file no longer lists", 0, 1)
     _remove_missing(session, config, kept_hosts, summary)
     if summary.changed:
         audit.record(session, at=now, action="config.applied", actor=ACTOR, details=summary.as_dict())
@@ -225,10 +263,11 @@ def _upsert(session: Session, summary: Summary, label: str, model: Any, key: Any
         summary.updated.append(f"{label} ({', '.join(changed)})")
 
 
-def _apply_applications(session: Session, config: ConfigFile, summary: Summary) -> set[int]:
+def _apply_applications(session: Session, config: ConfigFile, summary: Summary, progress: Progress) -> set[int]:
     """Upsert applications and their hosts (matched by canonical address); returns the ids of the hosts kept."""
     kept: set[int] = set()
-    for app in config.applications:
+    for n, app in enumerate(config.applications, start=1):
+        progress("applications", n, len(config.applications))
         _upsert(session, summary, f"application {app.id}", Application, app.id, {"id": app.id})
         session.flush()
         existing = session.scalars(select(Host).where(Host.application_id == app.id).order_by(Host.id)).all()
@@ -251,8 +290,9 @@ def _apply_applications(session: Session, config: ConfigFile, summary: Summary) 
     return kept
 
 
-def _apply_users(session: Session, config: ConfigFile, summary: Summary) -> None:
-    for u in config.users:
+def _apply_users(session: Session, config: ConfigFile, summary: Summary, progress: Progress) -> None:
+    for n, u in enumerate(config.users, start=1):
+        progress("users", n, len(config.users))
         _upsert(session, summary, f"user {u.id}", User, u.id, {"id": u.id, "kind": u.kind})
         session.flush()
         have = set(session.scalars(select(UserPermission.permission).where(UserPermission.user_id == u.id)))
@@ -268,8 +308,8 @@ def _apply_links(session: Session, links: dict[str, str], summary: Summary) -> N
     current = {ts.secret_id: ts for ts in session.scalars(select(TaskSecret))}
     for sid, link in current.items():
         if links.get(sid) != link.task_id:
-            session.delete(link)
-            summary.removed.append(f"secret {sid} from task {link.task_id}")
+            session.delete(link)  # a change of the task, not the removal of an item: no --prune needed
+            summary.updated.append(f"task {link.task_id} (secret {sid} leaves it)")
     session.flush()  # a secret moving between tasks: free its unique slot first
     for sid, task_id in links.items():
         if sid not in current or current[sid].task_id != task_id:

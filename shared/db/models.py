@@ -224,6 +224,10 @@ class Request(Base):
         Index("ix_requests_stuck_elevating", "lease_until",
               postgresql_where=text("state = 'ELEVATING'"), sqlite_where=text("state = 'ELEVATING'")),
         Index("ix_requests_membership", "host", "account", "group"),
+        # `jitctl requests`: newest first, one page read in index order (keyset pagination), or by requester.
+        # No index leads with state: SQLite would pick it over the sweeper's partial indexes.
+        Index("ix_requests_listing", "requested_at", "id"),
+        Index("ix_requests_requester_listing", "requester_id", "requested_at", "id"),
         Index("ix_requests_decision_deadline", "decide_by",
               postgresql_where=text(DECIDE_BY_SQL), sqlite_where=text(DECIDE_BY_SQL)),
     )
@@ -366,6 +370,8 @@ class AuditEntry(Base):
     event_id: Mapped[str | None] = mapped_column(String(128))
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # `jitctl audit --actor`: newest first on the actor's own entries.
+    __table_args__ = (Index("ix_audit_actor_listing", "actor", "id"),)
 
 
 class OutboxEvent(Base):

@@ -36,8 +36,10 @@ DEPENDS = "the configuration removes what it depends on: "
 
 
 def apply(factory: sessionmaker[Session], doc: dict[str, Any], *, end_active: bool = False) -> Summary:
+    """As `jitctl apply --prune`: these tests are about what removals do to requests."""
     with transaction(factory) as s:
-        return apply_config(s, load_config(yaml.safe_dump(doc)), now=datetime.now(UTC), end_active=end_active)
+        return apply_config(s, load_config(yaml.safe_dump(doc)), now=datetime.now(UTC), end_active=end_active,
+                            prune=True)
 
 
 def refused(factory: sessionmaker[Session], doc: dict[str, Any]) -> str:

@@ -48,7 +48,7 @@ def test_apply_is_refused_naming_the_request_then_end_active_revokes_it(
     smaller = tmp_path / "smaller.yaml"
     smaller.write_text(yaml.safe_dump(doc))
 
-    refused = jitctl(settings, "apply", "-f", str(smaller))
+    refused = jitctl(settings, "apply", "-f", str(smaller), "--prune")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr and refused.stdout == ""
     assert (f"request {rid} (ELEVATED, host web01.corp.example, secret sec-web01-svc): "
             "secret sec-web01-svc is removed") in refused.stderr
@@ -57,7 +57,7 @@ def test_apply_is_refused_naming_the_request_then_end_active_revokes_it(
         assert s.get(Request, rid).state == "ELEVATED"  # type: ignore[union-attr]
         assert s.get(Secret, "sec-web01-svc") is not None
 
-    ended = jitctl(settings, "apply", "-f", str(smaller), "--end-active", "--json")
+    ended = jitctl(settings, "apply", "-f", str(smaller), "--prune", "--end-active", "--json")
     assert ended.returncode == 0, ended.stderr
     summary = json.loads(ended.stdout)
     assert summary["changed"] and "secret sec-web01-svc" in summary["removed"]
@@ -71,6 +71,6 @@ def test_apply_is_refused_naming_the_request_then_end_active_revokes_it(
                                                                                  "REVOKING")
         assert "secret sec-web01-svc is removed" in (entry.reason or "")
     audit = json.loads(jitctl(settings, "audit", "--request", rid, "--json").stdout)
-    assert audit[-1]["to_state"] == "REVOKING" and audit[-1]["actor"] == "jitctl apply"
+    assert audit[0]["to_state"] == "REVOKING" and audit[0]["actor"] == "jitctl apply"  # newest first
     again = jitctl(settings, "apply", "-f", str(smaller))
     assert again.returncode == 0 and again.stdout.strip() == "no changes"

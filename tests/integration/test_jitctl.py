@@ -86,10 +86,13 @@ def test_status_follows_requests_and_listings(settings: Settings, factory: sessi
 
 @sqlite_only
 def test_approve_deny_and_publish_go_through_the_broker(settings: Settings, factory: sessionmaker[Session]) -> None:
+    seed_config(factory, [HostSpec("127.0.0.1", 5985)])
+    one = make_request(factory, secret_id="sec-0-0", host="127.0.0.1", state=State.PENDING, id="req-1")
+    two = make_request(factory, secret_id="sec-0-0", host="127.0.0.1", state=State.PENDING, id="req-2")
     tap = EventTap(settings)
     try:
-        assert jitctl(settings, "approve", "req-1", "--as", "bob").returncode == 0
-        assert jitctl(settings, "deny", "req-2", "--as", "carol", "--reason", "no ticket").returncode == 0
+        assert jitctl(settings, "approve", one.id, "--as", "bob").returncode == 0
+        assert jitctl(settings, "deny", two.id, "--as", "carol", "--reason", "no ticket").returncode == 0
         data = json.dumps({"checkout_id": "co-1", "secret_id": "sec-0-0", "reason": "manual"})
         assert jitctl(settings, "publish", "secret.checked_in", "--data", data).returncode == 0
         seen = tap.wait_for("elevation.decided", count=2)
@@ -107,7 +110,9 @@ def test_errors_are_clear_and_without_traceback(settings: Settings, tmp_path: Pa
     assert "decision: Input should be 'approve' or 'deny'" in bad_data.stderr
     not_json = jitctl(settings, "publish", "elevation.decided", "--data", "{oops")
     assert not_json.returncode == 2 and "--data is not JSON" in not_json.stderr
-    down = jitctl(settings, "approve", "r", "--as", "bob", JIT_AMQP_URL="amqp://guest:s3cret@127.0.0.1:1/%2F")
+    checked_in = '{"checkout_id": "c", "secret_id": "s", "reason": "manual"}'
+    down = jitctl(settings, "publish", "secret.checked_in", "--data", checked_in,
+                  JIT_AMQP_URL="amqp://guest:s3cret@127.0.0.1:1/%2F")
     assert down.returncode == 1 and "127.0.0.1:1" in down.stderr and "rabbitmq-server" in down.stderr
     assert "s3cret" not in down.stderr and "Traceback" not in down.stderr
     fresh = f"sqlite:///{tmp_path / 'empty.db'}"
@@ -119,7 +124,7 @@ def test_errors_are_clear_and_without_traceback(settings: Settings, tmp_path: Pa
 
 def test_audit_shows_transitions(settings: Settings, factory: sessionmaker[Session]) -> None:
     seed_config(factory, [HostSpec("127.0.0.1", 5985)])
-    jitctl(settings, "apply", "-f", str(SAMPLE))
+    assert jitctl(settings, "apply", "-f", str(SAMPLE), "--prune").returncode == 0
     entries = as_json(jitctl(settings, "audit", "--json"))
-    assert entries[-1]["action"] == "config.applied" and entries[-1]["actor"] == "jitctl apply"
-    assert "created" in entries[-1]["details"]
+    assert entries[0]["action"] == "config.applied" and entries[0]["actor"] == "jitctl apply"  # newest first
+    assert "created" in entries[0]["details"]

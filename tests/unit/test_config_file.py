@@ -31,8 +31,24 @@ def test_the_sample_is_valid() -> None:
     assert config.tasks[0].on_revoke == "report"
 
 
-def test_an_empty_file_is_an_empty_configuration() -> None:
-    assert load_config("").users == []
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n", "{}\n", "\n\n"])
+def test_an_empty_or_comments_only_file_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load_config(text)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("users: []\nusers: []\n", "users"),
+    ("tasks: []\nusers:\n  - id: a\n    kind: internal\n    kind: vendor_rep\n", "kind"),
+])
+def test_a_key_given_twice_is_refused_not_last_one_wins(text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"key '{key}' appears twice"):
+        load_config(text)
+
+
+def test_the_sample_with_users_appended_again_is_refused() -> None:
+    with pytest.raises(ConfigError, match="key 'users' appears twice in one mapping"):
+        load_config(SAMPLE.read_text() + "\nusers: []\n")
 
 
 def mutate(path: str, value: Any) -> dict[str, Any]:
