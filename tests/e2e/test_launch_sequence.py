@@ -71,9 +71,11 @@ def test_request_then_wait_until_ready_then_launch(settings: Settings, factory: 
         assert seen[-1] == ("ELEVATED", "Launch with Elevated Privileges", True, True), seen
         preparing = [s for s in seen if s[0] in ("APPROVED", "ELEVATING")]
         assert preparing and all(s[1] == "Preparing elevated privileges" and s[2] is False for s in preparing), seen
-        with factory() as session:  # (an EventTap, bound to '#', would also see the status queries)
-            assert session.scalars(select(OutboxEvent).where(OutboxEvent.type == "elevation.elevated",
-                                                             OutboxEvent.published_at.is_not(None))).first()
+        def published() -> bool:  # (an EventTap, bound to '#', would also see the status queries)
+            with factory() as session:
+                return session.scalars(select(OutboxEvent.id).where(OutboxEvent.type == "elevation.elevated",
+                                       OutboxEvent.published_at.is_not(None))).first() is not None
+        poll(published, 10, "elevation.elevated published")
     finally:
         connection.close()
         codes = [stop(approval), stop(elevator)]
