@@ -1,9 +1,10 @@
 """What the simulated host runs: ``whoami``, ``net localgroup``, and the adapter's fixed PowerShell scripts.
 
-PowerShell is not interpreted. ``powershell ... -EncodedCommand <b64>`` is decoded and compared,
-as exact text, with the scripts in :mod:`shared.winrm.scripts`; a match runs the Python model of
-that script (taking data only from the shell environment), anything else gets a PowerShell error
-(CLIXML on stderr, exit code 1). ``net localgroup`` answers with net.exe's messages and exit code 2.
+PowerShell is not interpreted. ``powershell ... -EncodedCommand <b64>`` is decoded and must be exactly
+one of the templates in :mod:`shared.winrm.scripts` with base64 of a JSON object of strings in its one data
+literal (``scripts.parse_rendered``); a match runs the Python model of that script, with the shell
+environment overlaid by that data, anything else gets a PowerShell error (CLIXML on stderr, exit code 1).
+``net localgroup`` answers with net.exe's messages and exit code 2.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def _list_members(host: WindowsHost, env: dict[str, str]) -> Result:
     return Result(_json_line({"status": "ok", "members": rows}), "", 0)
 
 
-def _list_sessions(host: WindowsHost, env: dict[str, str]) -> Result:
+def _sessions(host: WindowsHost, env: dict[str, str]) -> list[dict[str, str]]:
     # Same parsing as the script applies to quser.exe output.
     want = env.get(scripts.ENV_MEMBER, "").split("\\")[-1].lower()
     rows = []
@@ -125,7 +126,50 @@ def _list_sessions(host: WindowsHost, env: dict[str, str]) -> Result:
             t = [t[0], "", *t[1:]]
         if len(t) >= 6 and t[0].lower() == want:
             rows.append({"id": t[2], "user": t[0], "state": t[3], "logon_time": t[5]})
-    return Result(_json_line({"status": "ok", "sessions": rows}), "", 0)
+    return rows
+
+
+def _list_sessions(host: WindowsHost, env: dict[str, str]) -> Result:
+    return Result(_json_line({"status": "ok", "sessions": _sessions(host, env)}), "", 0)
+
+
+def _elevate_known(host: WindowsHost, env: dict[str, str]) -> Result:
+    try:
+        group = host.find_group("SID", env.get(scripts.ENV_GROUP_SID))
+        account = host.lookup(env.get(scripts.ENV_MEMBER))
+        if account is None:
+            raise PSError("IdentityNotMappedException", 'Exception calling "Translate" with "1" argument(s): '
+                          '"Some or all identity references could not be translated."')
+        if account.sid != (env.get(scripts.ENV_MEMBER_SID) or "").upper():
+            return Result(_json_line({"status": "sid_changed", "sid": account.sid}), "", 0)
+        was = _listed(host, group, account.sid)
+        try:
+            host.add_member_sid(group, account.sid)
+            status = "added"
+        except PSError as err:
+            if not err.error_id.startswith("MemberExists,"):
+                raise
+            status = "already_member"
+        return Result(_json_line({"status": status, "was_member": was,
+                                  "member": _listed(host, group, account.sid)}), "", 0)
+    except PSError as err:
+        return _caught(err, {"IdentityNotMappedException": "principal_not_found", **_COMMON})
+
+
+def _revoke(host: WindowsHost, env: dict[str, str]) -> Result:
+    removed = _change_by_sid(adding=False)(host, env)
+    answer = json.loads(removed.stdout)
+    if answer.get("status") not in ("removed", "not_member"):
+        return removed
+    rows: list[dict[str, str]] = []
+    if not answer["member"]:
+        rows = _sessions(host, env)
+        if env.get(scripts.ENV_LOGOFF) == "1":
+            for row in rows:
+                host.logoff(int(row["id"]))
+                row["action"] = "logged_off"
+    answer.update({"sessions": rows, "sessions_error": ""})
+    return Result(_json_line(answer), "", 0)
 
 
 def _logoff(host: WindowsHost, env: dict[str, str]) -> Result:
@@ -140,14 +184,15 @@ def _logoff(host: WindowsHost, env: dict[str, str]) -> Result:
 
 
 SCRIPT_HANDLERS: dict[str, Callable[[WindowsHost, dict[str, str]], Result]] = {
-    scripts.RESOLVE: _resolve,
-    scripts.ADD_MEMBER_SID: _change_by_sid(adding=True),
-    scripts.REMOVE_MEMBER_SID: _change_by_sid(adding=False),
-    scripts.LIST_MEMBERS: _list_members,
-    scripts.LIST_SESSIONS: _list_sessions,
-    scripts.LOGOFF: _logoff,
+    "resolve": _resolve,
+    "add_member": _change_by_sid(adding=True),
+    "remove_member": _change_by_sid(adding=False),
+    "list_members": _list_members,
+    "list_sessions": _list_sessions,
+    "logoff": _logoff,
+    "elevate_known": _elevate_known,
+    "revoke": _revoke,
 }
-SCRIPT_NAMES = {text: name for name, text in scripts.ALL_SCRIPTS.items()}
 
 
 def split_command_line(line: str) -> list[str]:
@@ -198,6 +243,7 @@ class Execution:
     result: Result
     script: str | None  # the decoded PowerShell script, if any
     script_name: str | None  # which adapter template it matched, if any
+    env: dict[str, str] | None = None  # what the script read: the shell environment overlaid by its data
 
 
 def execute(host: WindowsHost, user: str, command: str, arguments: str, env: dict[str, str]) -> Execution:
@@ -213,12 +259,14 @@ def execute(host: WindowsHost, user: str, command: str, arguments: str, env: dic
         if script is None:
             return Execution(_ps_error("jit-winrm-sim runs only -EncodedCommand scripts.",
                                        "NotSupported"), None, None)
-        handler = SCRIPT_HANDLERS.get(script)
-        if handler is None:
+        parsed = scripts.parse_rendered(script)
+        if parsed is None:
             return Execution(_ps_error("The script is not one this simulated host recognises "
                                        "(jit-winrm-sim runs only the adapter's fixed scripts).",
                                        "CommandNotFoundException"), script, None)
-        return Execution(handler(host, env), script, SCRIPT_NAMES[script])
+        name, data = parsed
+        merged = {**env, **data}
+        return Execution(SCRIPT_HANDLERS[name](host, merged), script, name, merged)
     name = words[0] if words else ""
     return Execution(Result("", f"'{name}' is not recognized as an internal or external command,\r\n"
                             "operable program or batch file.\r\n", 1), None, None)

@@ -56,6 +56,7 @@ def _post(host: SimulatedHost, verb: str, body: dict[str, Any]) -> Any:
         "down": lambda: host.down_for(float(body["seconds"])),
         "reject-credentials": lambda: host.reject_credentials(bool(body.get("on", True))),
         "command-delay": lambda: host.set_command_delay(float(body["seconds"])),
+        "cost": lambda: host.set_cost(ps_startup_ms=body.get("ps_startup_ms"), latency_ms=body.get("latency_ms")),
         "max-shells": lambda: host.set_max_shells_per_user(int(body["n"])),
         "access-denied": lambda: host.set_access_denied(bool(body.get("on", True))),
         "unknown-principals": lambda: host.set_unknown_principals(list(body["names"])),

@@ -76,6 +76,8 @@ class SimulatedHost:
         known_principals: set[str] | None = None,
         unknown_principals: set[str] | None = None,
         cert: CertFiles | None = None,
+        ps_startup_ms: float = 0.0,
+        latency_ms: float = 0.0,
     ) -> None:
         self.address = address
         self.port = port
@@ -88,6 +90,12 @@ class SimulatedHost:
         self.faults = FaultPlan()
         self.command_log: list[CommandRecord] = []
         self.command_delay = 0.0
+        # The cost model of a real host: each PowerShell run's output is ready ps_startup seconds after its
+        # Command (powershell.exe starting); every HTTP answer leaves `latency` seconds after the request.
+        self.ps_startup = ps_startup_ms / 1000.0
+        self.latency = latency_ms / 1000.0
+        self.counters = {"http_requests": 0, "shells_created": 0, "commands": 0, "powershell_runs": 0,
+                         "ntlm_handshakes": 0}
         self.credentials_rejected = False
         self._shells: dict[str, _Shell] = {}
         self._lock = threading.Lock()
@@ -195,6 +203,7 @@ class SimulatedHost:
                     return self._fault(req, "Quota")
                 shell = _Shell(soap.new_id(), user, dict(req.env))
                 self._shells[shell.id] = shell
+                self.counters["shells_created"] += 1
             return 200, soap.create_response(req, shell.id, self.url, user.split("\\")[-1], client_ip)
         with self._lock:
             shell_or_none = self._shells.get(req.shell_id or "")
@@ -218,9 +227,14 @@ class SimulatedHost:
         run = execute(self.host, user, req.command, req.arguments, shell.env)
         self.command_log.append(CommandRecord(
             time.time(), user, shell.id, req.command, req.arguments, run.script, run.script_name,
-            dict(shell.env), run.result.rc, run.result.stdout, run.result.stderr))
+            dict(run.env if run.env is not None else shell.env), run.result.rc, run.result.stdout,
+            run.result.stderr))
+        startup = self.ps_startup if run.script is not None else 0.0
+        self.count("commands")
+        if run.script is not None:
+            self.count("powershell_runs")
         command = _Command(soap.new_id(), run.result.stdout.encode("utf-8"), run.result.stderr.encode("utf-8"),
-                           run.result.rc, time.monotonic() + self.command_delay)
+                           run.result.rc, time.monotonic() + self.command_delay + startup)
         shell.commands[command.id] = command
         return 200, soap.command_response(req, command.id)
 
@@ -236,7 +250,18 @@ class SimulatedHost:
                 return self._fault(req, "TimedOut")
         return 200, soap.receive_response(req, command.id, command.stdout, command.stderr, command.rc)
 
+    def count(self, name: str) -> None:
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + 1
+
     # -- controls ----------------------------------------------------------------------------------
+    def set_cost(self, *, ps_startup_ms: float | None = None, latency_ms: float | None = None) -> None:
+        """The cost model: milliseconds a PowerShell run takes to start, and each HTTP answer's latency."""
+        if ps_startup_ms is not None:
+            self.ps_startup = ps_startup_ms / 1000.0
+        if latency_ms is not None:
+            self.latency = latency_ms / 1000.0
+
     def inject(self, kind: str, action: str = "*", count: int | None = 1, *, fault: str = "InternalError",
                seconds: float = 0.0, status: int = 500) -> FaultRule:
         """Add a fault rule (see :mod:`winrm_sim.faults`); ``count=None`` keeps it until clear_faults()."""
@@ -313,6 +338,8 @@ class SimulatedHost:
             "max_shells_per_user": self.max_shells_per_user, "command_delay": self.command_delay,
             "credentials_rejected": self.credentials_rejected, "access_denied": not self.host.service_is_admin,
             "faults": [r.to_dict() for r in self.faults.rules()], "commands_run": len(self.command_log),
+            "counters": dict(self.counters), "ps_startup_ms": self.ps_startup * 1000.0,
+            "latency_ms": self.latency * 1000.0,
         })
         return snap
 

@@ -86,6 +86,8 @@ class WSManHandler(BaseHTTPRequestHandler):
         if encrypt and self.ntlm is not None and self.ntlm.complete:
             body = self.ntlm.wrap(body)
             content_type = ENCRYPTED_CONTENT_TYPE
+        if self.server.sim.latency > 0:
+            time.sleep(self.server.sim.latency)
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)
@@ -128,6 +130,7 @@ class WSManHandler(BaseHTTPRequestHandler):
         if scheme.lower() in ("negotiate", "ntlm") and "ntlm" in sim.auth:
             if self.ntlm is None or self.ntlm.complete:
                 self.ntlm, self.ntlm_user = NtlmAcceptor(sim.ntlm_user_file, sim.cert_der), None
+                sim.count("ntlm_handshakes")
             try:
                 answer = self.ntlm.step(token.strip())
             except Exception:  # any bad token or wrong password: refuse, as Windows does
@@ -150,6 +153,7 @@ class WSManHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         sim = self.server.sim
         body = self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+        sim.count("http_requests")
         if self.path.split("?", 1)[0].lower() != "/wsman":
             self._reply(404, b"Not Found", "text/plain")
             return

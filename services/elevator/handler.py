@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
-from typing import cast
+from datetime import UTC, datetime
+from typing import Any, cast
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.elevator.claim import Claim, claim
-from services.elevator.membership import Membership, Outcome
+from services.elevator.membership import KnownHold, Membership, Outcome
 from services.elevator.record import record
 from shared import logs
 from shared.clock import Clock, SystemClock
 from shared.db import ledger
 from shared.db.engine import transaction
+from shared.db.models import Hold, Request
+from shared.db.models import Membership as MembershipRow
 from shared.db.transitions import load
 from shared.events import ElevationApproved, Event
 from shared.settings import Settings
@@ -37,6 +40,9 @@ from shared.winrm.endpoint import Resolved
 ROUTING_KEYS = ("elevation.approved",)
 
 log = logs.get_logger()
+# A look this old is never trusted to decide a baseline: a hold taken before the one-run add leaves the
+# baseline to that add's own answer (ledger.record_add), exactly as for a look that may have seen our add.
+NO_LOOK = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 class GrantRows:
@@ -69,6 +75,65 @@ class GrantRows:
         log.info("elevation.hold.taken", account_sid=resolved.account_sid, group_sid=resolved.group_sid,
                  decides_baseline=hold.decides_baseline)
         return (claimed.add_until - now).total_seconds()
+
+    def take_known_hold(self) -> KnownHold | None:
+        """If an earlier grant of this account (same host, account and group as configured) learnt its SIDs and
+        the ledger has its membership, take hold of that membership now, before the one-run add: returns the
+        hold (``seconds_left`` None if the request has ended). None: no SIDs known, resolve first."""
+        claimed = self._claimed
+        assert claimed.target is not None
+        now = self._clock.now()
+        with transaction(self._factory) as session:
+            known = session.execute(
+                select(Request.account_sid, Request.group_sid)
+                .where(Request.host == claimed.host, Request.account == claimed.account,
+                       Request.group == claimed.group, Request.account_sid.is_not(None),
+                       Request.group_sid.is_not(None), Request.id != claimed.request_id)
+                .order_by(Request.updated_at.desc()).limit(1)).first()
+            if known is None:
+                return None
+            account_sid, group_sid = str(known[0]), str(known[1])
+            row = session.scalars(self._membership_query(group_sid, account_sid)).first()
+            if row is None:
+                return None
+            before = (row.baseline, row.ours, row.settled_at)
+            request = load(session, claimed.request_id)
+            hold = None if request is None else ledger.take_hold(
+                session, request, host=request.host, group_sid=group_sid, account_sid=account_sid,
+                account=row.account, looked_at=NO_LOOK, was_member=False, target=claimed.target.snapshot(),
+                now=now, add_until=claimed.add_until, reconcile_in=self._reconcile_in)
+        if hold is None:
+            return KnownHold(group_sid, account_sid, row.account, None, before)
+        log.info("elevation.hold.taken", account_sid=account_sid, group_sid=group_sid,
+                 decides_baseline=hold.decides_baseline, sids="known")
+        return KnownHold(group_sid, account_sid, row.account, (claimed.add_until - now).total_seconds(), before)
+
+    def drop_known_hold(self, known: KnownHold) -> None:
+        """The name no longer maps to the known SID and nothing was added (the one-run answer said so on its
+        first and only send): give the membership back as it was, unless another grant holds it or an add
+        may still land on it. The hold itself moves when the grant takes hold of the right membership."""
+        now = self._clock.now()
+        with transaction(self._factory) as session:
+            query = self._membership_query(known.group_sid, known.account_sid)
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update()
+            row = session.scalars(query).first()
+            hold = session.get(Hold, self._claimed.request_id, populate_existing=True)
+            if row is None or hold is None or hold.membership_id != row.id:
+                return
+            hold.held, hold.add_until, hold.decides_baseline, hold.released_at = False, None, False, now
+            session.flush()
+            if ledger.active_holders(session, row.id) or ledger.add_in_flight_until(session, row.id, now):
+                return
+            row.baseline, row.ours, row.settled_at = known.before
+            row.updated_at = now
+        log.info("elevation.known_sid.changed", account_sid=known.account_sid)
+
+    def _membership_query(self, group_sid: str, account_sid: str) -> Any:
+        query = select(MembershipRow).where(MembershipRow.host == self._claimed.host,
+                                            MembershipRow.group_sid == group_sid,
+                                            MembershipRow.account_sid == account_sid)
+        return query.execution_options(populate_existing=True)
 
     def still_elevating(self) -> bool:
         with transaction(self._factory) as session:

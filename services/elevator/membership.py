@@ -1,5 +1,10 @@
 """The elevator's WinRM work, always outside any database transaction: resolve, hold, add, with retries.
 
+One run when the account's SIDs are known from an earlier grant of it on this host: take hold of that
+membership first, then one PowerShell run checks the name still maps to that SID, adds and verifies
+(`elevate_known`). If the name maps to another SID now, nothing was added: the hold is given back and
+the grant goes the long way below. Otherwise (a first grant) two runs:
+
 1. Resolve the account to its SID and the group to its SID on the host; refuse anything that is not a
    user account (a group, Everyone, Authenticated Users, Domain Users...).
 2. Take hold of the membership in the ledger (a short transaction of its own, through `Grant`): the
@@ -14,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from shared import logs
 from shared.db.targets import Target, TargetError
@@ -23,7 +28,7 @@ from shared.settings import Settings
 from shared.sids import account_refusal
 from shared.winrm import PermanentWinRMError, WinRMError, WinRMPort
 from shared.winrm.client import DEADLINE_SLACK_SEC
-from shared.winrm.endpoint import Resolved
+from shared.winrm.endpoint import KnownElevation, Resolved
 
 T = TypeVar("T")
 
@@ -41,6 +46,24 @@ class Grant(Protocol):
         ...
 
     def still_elevating(self) -> bool: ...
+
+    def take_known_hold(self) -> KnownHold | None:
+        """Take hold of the membership an earlier grant of this account learnt (its SIDs), before the one-run
+        add; None when no SIDs are known (resolve first)."""
+        ...
+
+    def drop_known_hold(self, known: KnownHold) -> None:
+        """The known SID is not the name's any more and nothing was added: undo the hold's effect."""
+        ...
+
+
+@dataclass(frozen=True)
+class KnownHold:
+    group_sid: str
+    account_sid: str
+    account_name: str
+    seconds_left: float | None  # until the grant's add_until; None: the request ended, send nothing
+    before: tuple[Any, ...]  # the membership's (baseline, ours, settled_at) before this hold
 
 
 @dataclass(frozen=True)
@@ -74,6 +97,14 @@ class Membership:
         held = False
         try:
             creds = target.credentials(self._environ)
+            known = grant.take_known_hold()
+            if known is not None:
+                held = known.seconds_left is not None
+                resolved = Resolved(known.account_sid, known.account_name, "User", known.group_sid, False)
+                outcome = self._elevate_known(target, creds, known, grant, deadline, calls)
+                if outcome is not None:
+                    return outcome
+                held, resolved = False, None
             looked_at = grant.now()
             resolved = self._call(lambda: self._port.resolve(target.endpoint, creds, target.group, target.account),
                                   deadline)
@@ -109,6 +140,37 @@ class Membership:
             note = f" (gave up after retrying for {budget:.1f} s)" if exc.retryable else ""
             return Outcome(error=f"{exc}{note}", resolved=resolved, held=held, added=bool(calls),
                            add_calls=len(calls))
+
+    def _elevate_known(self, target: Target, creds: Any, known: KnownHold, grant: Grant, deadline: float,
+                       calls: list[bool]) -> Outcome | None:
+        """The one-run add of a known SID; None when the name maps to another SID now (resolve instead)."""
+        resolved = Resolved(known.account_sid, known.account_name, "User", known.group_sid, False)
+        if known.seconds_left is None:
+            log.info("elevation.add.skipped", reason="request ended before the add")
+            return Outcome(resolved=resolved)
+        last_send = time.monotonic() + known.seconds_left - self._call_bound
+
+        def add() -> KnownElevation | None:
+            if not grant.still_elevating():
+                return None
+            if time.monotonic() > last_send:
+                raise PermanentWinRMError(target.endpoint.key, "elevate_known",
+                                          "no time left to add before the grant's add deadline")
+            calls.append(True)
+            return self._port.elevate_known(target.endpoint, creds, known.group_sid, target.account,
+                                            known.account_sid)
+
+        answer = self._call(add, deadline)
+        if answer is None:
+            log.info("elevation.add.skipped", reason="request ended before the add", adds_sent=len(calls))
+            return Outcome(resolved=resolved, held=True, added=bool(calls), changed=None, add_calls=len(calls))
+        if answer.sid_changed is not None:
+            log.warning("elevation.known_sid.changed", known_sid=known.account_sid, now_sid=answer.sid_changed)
+            if len(calls) == 1:  # one definite answer: no add of this grant was ever carried out
+                grant.drop_known_hold(known)
+            calls.clear()
+            return None
+        return Outcome(resolved=resolved, held=True, added=True, changed=answer.changed, add_calls=len(calls))
 
     def _call(self, fn: Callable[[], T], deadline: float) -> T:
         def on_retry(attempt: int, error: BaseException, seconds: float) -> None:

@@ -6,7 +6,16 @@ sessions on Windows hosts.
 """
 
 from .client import MembershipClient
-from .endpoint import Credentials, GroupMember, HostEndpoint, LogonSession, Resolved
+from .endpoint import (
+    Credentials,
+    EndedSession,
+    GroupMember,
+    HostEndpoint,
+    KnownElevation,
+    LogonSession,
+    Resolved,
+    Revocation,
+)
 from .errors import (
     AccessDeniedError,
     AuthenticationError,
@@ -26,11 +35,13 @@ __all__ = [
     "AccessDeniedError",
     "AuthenticationError",
     "Credentials",
+    "EndedSession",
     "FakeWinRM",
     "GroupMember",
     "GroupNotFoundError",
     "HostEndpoint",
     "InvalidNameError",
+    "KnownElevation",
     "LogonSession",
     "MembershipClient",
     "Metered",
@@ -38,6 +49,7 @@ __all__ = [
     "PrincipalNotFoundError",
     "Resolved",
     "RetryableWinRMError",
+    "Revocation",
     "TLSError",
     "WinRMError",
     "WinRMPort",

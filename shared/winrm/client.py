@@ -1,8 +1,13 @@
 """MembershipClient: the real WinRM adapter (pywinrm Protocol API) behind :class:`WinRMPort`.
 
-Every call validates its data first (:mod:`.names`), passes it only as shell environment variables
-to a fixed script (:mod:`.scripts`), holds one of ``max_shells_per_host`` slots for the host while
-its shell is open, and maps failures to Retryable/PermanentWinRMError (:mod:`.classify`).
+Every call validates its data first (:mod:`.names`), passes it only as base64 data inside a fixed
+script (:mod:`.scripts`), holds one of ``max_shells_per_host`` slots for the host while it runs on a
+pooled connection and shell (:mod:`.pool`), and maps failures to Retryable/PermanentWinRMError
+(:mod:`.classify`).
+
+One run per operation: ``elevate_known`` (an account whose SID a grant learnt before: check the name still
+maps to it, read, add, verify) and ``revoke`` (remove, verify, list and optionally log off the account's
+sessions) each do in one PowerShell run what the single-step calls do in two or three.
 
 Membership is by SID: ``resolve`` turns a name into the account's SID once; ``add_member`` and
 ``remove_member`` change the group by SID and, in the same PowerShell run, list the group's SIDs to
@@ -31,7 +36,16 @@ from shared.sids import is_sid
 
 from . import scripts
 from .classify import classify
-from .endpoint import Credentials, GroupMember, HostEndpoint, LogonSession, Resolved
+from .endpoint import (
+    Credentials,
+    EndedSession,
+    GroupMember,
+    HostEndpoint,
+    KnownElevation,
+    LogonSession,
+    Resolved,
+    Revocation,
+)
 from .errors import (
     AccessDeniedError,
     GroupNotFoundError,
@@ -48,7 +62,8 @@ from .names import (
     validate_member_sid,
     validate_session_id,
 )
-from .shell import CLEANUP_GRACE_SEC, ScriptRunFailed, run_script
+from .pool import ShellPool
+from .shell import CLEANUP_GRACE_SEC, ScriptRunFailed
 
 # What a call may take beyond deadline_sec: the cleanup grace plus scheduling noise.
 DEADLINE_SLACK_SEC = CLEANUP_GRACE_SEC + 1.0
@@ -70,11 +85,14 @@ class MembershipClient:
         read_timeout_sec: int = 30,
         deadline_sec: float = 60.0,
         max_shells_per_host: int = 5,
+        pool_idle_sec: float = 30.0,
     ) -> None:
         if not read_timeout_sec > operation_timeout_sec >= 1:
             raise ValueError("need read_timeout_sec > operation_timeout_sec >= 1 (pywinrm's rule)")
-        if deadline_sec <= 0 or max_shells_per_host < 1:
-            raise ValueError("deadline_sec must be positive and max_shells_per_host at least 1")
+        if deadline_sec <= 0 or max_shells_per_host < 1 or pool_idle_sec < 0:
+            raise ValueError("deadline_sec must be positive, max_shells_per_host at least 1, pool_idle_sec >= 0")
+        self.pool = ShellPool(operation_timeout_sec=operation_timeout_sec, read_timeout_sec=read_timeout_sec,
+                              idle_sec=pool_idle_sec, max_per_host=max_shells_per_host)
         self.operation_timeout_sec = operation_timeout_sec
         self.read_timeout_sec = read_timeout_sec
         self.deadline_sec = deadline_sec
@@ -135,6 +153,62 @@ class MembershipClient:
         if result.get("member") is not False:
             raise RetryableWinRMError(host.key, "remove_member", "verify disagreed: the group still lists the SID")
         return changed
+
+    def elevate_known(self, host: HostEndpoint, creds: Credentials, group_sid: str, member: str,
+                      member_sid: str) -> KnownElevation:
+        env = self._sid_env(host, "elevate_known", group_sid, member_sid)
+        try:
+            validate_member(member)
+        except InvalidNameError as exc:
+            raise InvalidNameError(host.key, "elevate_known", exc.detail) from None
+        env[scripts.ENV_MEMBER] = member
+        deadline = self._deadline()
+        try:
+            result = self._run(host, creds, "elevate_known", scripts.ELEVATE_KNOWN, env, deadline)
+        except _Ambiguous as amb:
+            if self._reverify(host, creds, env, deadline) is True:
+                return KnownElevation(changed=True)
+            raise amb.error from None
+        if result["status"] == "sid_changed":
+            sid = str(result.get("sid", "")).upper()
+            if not is_sid(sid):
+                raise PermanentWinRMError(host.key, "elevate_known", f"unexpected answer: {str(result)[:300]}")
+            return KnownElevation(sid_changed=sid)
+        changed = self._status(host, "elevate_known", result, {"added": True, "already_member": False})
+        if result.get("member") is not True:
+            raise RetryableWinRMError(host.key, "elevate_known", "verify disagreed: the group does not list the SID")
+        was = result.get("was_member")
+        return KnownElevation(changed=changed, was_member=was if isinstance(was, bool) else None)
+
+    def revoke(self, host: HostEndpoint, creds: Credentials, group_sid: str, member_sid: str, member: str,
+               logoff: bool) -> Revocation:
+        env = self._sid_env(host, "revoke", group_sid, member_sid)
+        try:
+            validate_member(member)
+        except InvalidNameError as exc:
+            raise InvalidNameError(host.key, "revoke", exc.detail) from None
+        env.update({scripts.ENV_MEMBER: member, scripts.ENV_LOGOFF: "1" if logoff else "0"})
+        deadline = self._deadline()
+        try:
+            result = self._run(host, creds, "revoke", scripts.REVOKE, env, deadline)
+        except _Ambiguous as amb:
+            if self._reverify(host, creds, env, deadline) is False:
+                return Revocation(removed=True, sessions_listed=False)
+            raise amb.error from None
+        removed = self._status(host, "revoke", result, {"removed": True, "not_member": False})
+        if result.get("member") is not False:
+            raise RetryableWinRMError(host.key, "revoke", "verify disagreed: the group still lists the SID")
+        sessions = tuple(
+            EndedSession(LogonSession(str(r.get("id", "")), str(r.get("user", "")), str(r.get("state", "")),
+                                      str(r["logon_time"]) if r.get("logon_time") else None),
+                         "logged_off" if r.get("action") == "logged_off" else "reported")
+            for r in _rows(result.get("sessions")))
+        error = str(result.get("sessions_error") or "") or None
+        return Revocation(removed=removed, sessions=sessions, sessions_error=error)
+
+    def close(self) -> None:
+        """Close every pooled shell and connection (Delete on each host)."""
+        self.pool.close()
 
     def list_members(self, host: HostEndpoint, creds: Credentials, group_sid: str) -> list[GroupMember]:
         try:
@@ -212,8 +286,7 @@ class MembershipClient:
         if left <= 0 or not slot.acquire(timeout=left):
             raise RetryableWinRMError(host.key, operation, "no free shell slot for this host before the deadline")
         try:
-            output = run_script(host, creds, script, env, operation_timeout_sec=self.operation_timeout_sec,
-                                read_timeout_sec=self.read_timeout_sec, deadline=deadline)
+            output = self.pool.run(host, creds, scripts.render(script, env), deadline)
         except ScriptRunFailed as failed:
             error = classify(failed.cause, host.key, operation, creds.password)
             if failed.command_sent:

@@ -80,3 +80,34 @@ class Resolved:
     object_class: str
     group_sid: str
     member: bool
+
+
+@dataclass(frozen=True)
+class KnownElevation:
+    """``elevate_known``'s answer. ``sid_changed``: the name now translates to this other SID, and nothing
+    was changed. Otherwise ``changed`` (True: this run added the SID; False: it was already listed) and
+    ``was_member`` (the listing before the add; None when the answer was lost and the group re-listed)."""
+
+    changed: bool = False
+    was_member: bool | None = None
+    sid_changed: str | None = None
+
+
+@dataclass(frozen=True)
+class EndedSession:
+    """A logon session found at a revocation, and what was done: ``reported`` or ``logged_off``."""
+
+    session: LogonSession
+    action: str
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """``revoke``'s answer: ``removed`` (True: this run removed the SID, False: it was not listed; either
+    way the group no longer lists it) and the account's sessions. ``sessions_listed`` is False when the
+    answer was lost and only the membership could be re-verified: the sessions are then still to be seen."""
+
+    removed: bool
+    sessions: tuple[EndedSession, ...] = ()
+    sessions_error: str | None = None
+    sessions_listed: bool = True

@@ -17,7 +17,11 @@ to an account, which is created on first use with a deterministic SID:
 the port says. Names and SIDs are validated as MembershipClient does. Faults can be queued:
 ``fail(error, times=n, operation=...)`` raises ``error`` on the next n matching calls, ``delay(seconds)``
 sleeps before each matching call. Every call is recorded in ``calls`` (operations: resolve, add_member,
-remove_member, list_members, is_member, list_sessions, logoff).
+remove_member, list_members, is_member, list_sessions, logoff). The one-run operations are modelled as
+the steps their script takes, each step through the public method (so a subclass's hooks and the
+queued faults see them): ``elevate_known`` is recorded as ``elevate_known``, ``resolve`` (the name's
+translation and the look) then ``add_member`` (unless the name now maps to another SID), ``revoke`` as ``revoke``, ``remove_member``, ``list_sessions`` and
+``logoff`` per session when asked.
 """
 
 from __future__ import annotations
@@ -26,7 +30,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .endpoint import Credentials, GroupMember, HostEndpoint, LogonSession, Resolved
+from .endpoint import (
+    Credentials,
+    EndedSession,
+    GroupMember,
+    HostEndpoint,
+    KnownElevation,
+    LogonSession,
+    Resolved,
+    Revocation,
+)
 from .errors import GroupNotFoundError, InvalidNameError, PrincipalNotFoundError, WinRMError
 from .names import (
     validate_group,
@@ -217,6 +230,43 @@ class FakeWinRM:
                 # As on Windows: an unknown SID is PrincipalNotFound, never "not a member".
                 raise PrincipalNotFoundError(host.key, "remove_member", f"Principal {member_sid} was not found.")
             return False
+
+    def elevate_known(self, host: HostEndpoint, creds: Credentials, group_sid: str, member: str,
+                      member_sid: str) -> KnownElevation:
+        try:
+            validate_member(member)
+            validate_member_sid(member_sid)
+        except InvalidNameError as exc:
+            raise InvalidNameError(host.key, "elevate_known", exc.detail) from None
+        with self._lock:
+            self.calls.append(FakeCall("elevate_known", host.address, (group_sid, member, member_sid)))
+        looked = self.resolve(host, creds, group_sid, member)
+        if looked.account_sid != member_sid.upper():
+            return KnownElevation(sid_changed=looked.account_sid)
+        changed = self.add_member(host, creds, group_sid, member_sid)
+        return KnownElevation(changed=changed, was_member=looked.member)
+
+    def revoke(self, host: HostEndpoint, creds: Credentials, group_sid: str, member_sid: str, member: str,
+               logoff: bool) -> Revocation:
+        try:
+            validate_member(member)
+        except InvalidNameError as exc:
+            raise InvalidNameError(host.key, "revoke", exc.detail) from None
+        with self._lock:
+            self.calls.append(FakeCall("revoke", host.address, (group_sid, member_sid, member)))
+        removed = self.remove_member(host, creds, group_sid, member_sid)
+        ended: list[EndedSession] = []
+        error = None
+        try:
+            for session in self.list_sessions(host, creds, member):
+                action = "reported"
+                if logoff:
+                    self.logoff(host, creds, session.session_id)
+                    action = "logged_off"
+                ended.append(EndedSession(session, action))
+        except WinRMError as exc:
+            error = str(exc)
+        return Revocation(removed=removed, sessions=tuple(ended), sessions_error=error)
 
     def list_members(self, host: HostEndpoint, creds: Credentials, group_sid: str) -> list[GroupMember]:
         try:

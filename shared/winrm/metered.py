@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from shared import metrics
 
-from .endpoint import Credentials, GroupMember, HostEndpoint, LogonSession, Resolved
+from .endpoint import Credentials, GroupMember, HostEndpoint, KnownElevation, LogonSession, Resolved, Revocation
 from .errors import WinRMError
 from .port import WinRMPort
 
@@ -53,6 +53,15 @@ class Metered:
 
     def remove_member(self, host: HostEndpoint, creds: Credentials, group_sid: str, member_sid: str) -> bool:
         return self._call("remove_member", host, lambda: self.port.remove_member(host, creds, group_sid, member_sid))
+
+    def elevate_known(self, host: HostEndpoint, creds: Credentials, group_sid: str, member: str,
+                      member_sid: str) -> KnownElevation:
+        return self._call("elevate_known", host,
+                          lambda: self.port.elevate_known(host, creds, group_sid, member, member_sid))
+
+    def revoke(self, host: HostEndpoint, creds: Credentials, group_sid: str, member_sid: str, member: str,
+               logoff: bool) -> Revocation:
+        return self._call("revoke", host, lambda: self.port.revoke(host, creds, group_sid, member_sid, member, logoff))
 
     def list_members(self, host: HostEndpoint, creds: Credentials, group_sid: str) -> list[GroupMember]:
         return self._call("list_members", host, lambda: self.port.list_members(host, creds, group_sid))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .endpoint import Credentials, GroupMember, HostEndpoint, LogonSession, Resolved
+from .endpoint import Credentials, GroupMember, HostEndpoint, KnownElevation, LogonSession, Resolved, Revocation
 
 
 class WinRMPort(Protocol):
@@ -27,6 +27,19 @@ class WinRMPort(Protocol):
     def remove_member(self, host: HostEndpoint, creds: Credentials, group_sid: str, member_sid: str) -> bool:
         """Remove ``member_sid``. True if removed, False if it was not a member. Verified by listing the
         group's SIDs: success means the host listed the group without that SID. Raises WinRMError."""
+        ...
+
+    def elevate_known(self, host: HostEndpoint, creds: Credentials, group_sid: str, member: str,
+                      member_sid: str) -> KnownElevation:
+        """One run: if ``member`` still translates to ``member_sid`` (learnt by an earlier grant), add that SID
+        to ``group_sid`` and verify; else change nothing and answer ``sid_changed``. Raises like add_member
+        (PrincipalNotFoundError when the name no longer resolves)."""
+        ...
+
+    def revoke(self, host: HostEndpoint, creds: Credentials, group_sid: str, member_sid: str, member: str,
+               logoff: bool) -> Revocation:
+        """One run: remove ``member_sid``, verify, then list ``member``'s logon sessions (and log them off if
+        ``logoff``). Raises like remove_member; a failure in the sessions part is ``sessions_error``."""
         ...
 
     def list_members(self, host: HostEndpoint, creds: Credentials, group_sid: str) -> list[GroupMember]:

@@ -1,16 +1,22 @@
 """The fixed PowerShell scripts the adapter sends, and how their one-line JSON answer is read.
 
-The scripts never contain data: the member name or SID, the group and the session id arrive as shell
-environment variables (``rsp:Environment`` in the WS-Man Create), read as ``$env:JIT_*``. Each script catches
-the cmdlet errors it expects and prints one JSON object on stdout, ``{"status": ...}``; an error it
-does not expect prints ``status: "error"`` with the FullyQualifiedErrorId and exits 1.
-jit-winrm-sim imports these constants and answers exactly these texts.
+Each script is a constant template with one place for data, ``DATA_PLACEHOLDER``, inside a single-quoted
+literal. ``render`` puts there base64 of the UTF-8 JSON object of the call's values (member name or SID,
+group, session id...); the script's first line decodes it and sets them as ``$env:JIT_*`` of its own
+powershell.exe process, which the rest reads. The base64 alphabet cannot end the literal, and the text
+stays constant apart from it, so a pooled shell (whose environment is fixed when it is created) can run
+any call, and ``parse_rendered`` (used by jit-winrm-sim) recovers the template and the data exactly.
+
+Each script catches the cmdlet errors it expects and prints one JSON object on stdout, ``{"status": ...}``;
+an error it does not expect prints ``status: "error"`` with the FullyQualifiedErrorId and exits 1.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import re
 from typing import Any
 
 ENV_MEMBER = "JIT_MEMBER"  # an account name (resolve, list_sessions)
@@ -19,11 +25,19 @@ ENV_GROUP_KIND = "JIT_GROUP_KIND"  # "SID" or "Name": which Get-LocalGroup param
 ENV_GROUP_SID = "JIT_GROUP_SID"  # add, remove, list_members
 ENV_MEMBER_SID = "JIT_MEMBER_SID"  # add, remove
 ENV_SESSION_ID = "JIT_SESSION_ID"
+ENV_LOGOFF = "JIT_LOGOFF"  # revoke: "1" logs the account's sessions off, "0" only lists them
+
+DATA_PLACEHOLDER = "@@JIT_DATA@@"  # not in the base64 alphabet: a template can never match its own rendering
 
 POWERSHELL = "powershell.exe"
 POWERSHELL_FLAGS = ("-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-EncodedCommand")
 
-_PREAMBLE = "$ErrorActionPreference = 'Stop'\n$ProgressPreference = 'SilentlyContinue'\n"
+_PREAMBLE = (
+    "$ErrorActionPreference = 'Stop'\n$ProgressPreference = 'SilentlyContinue'\n"
+    "$jitData = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String('" + DATA_PLACEHOLDER + "'))\n"
+    "foreach ($p in (ConvertFrom-Json $jitData).PSObject.Properties) {"
+    " [Environment]::SetEnvironmentVariable($p.Name, [string]$p.Value, 'Process') }\n"
+)
 
 _RESOLVE_GROUP = (
     "    if ($env:JIT_GROUP_KIND -eq 'SID') { $group = Get-LocalGroup -SID $env:JIT_GROUP }\n"
@@ -138,21 +152,24 @@ LIST_MEMBERS = (
 
 # quser prints only the bare user name, so sessions are matched on the account part of JIT_MEMBER.
 # quser writes "No User exists for *" to stderr and exits 1 when nobody is logged on: not an error here.
+_SESSIONS = (
+    "    $want = ($env:JIT_MEMBER -split '\\\\')[-1]\n"
+    "    $ErrorActionPreference = 'Continue'\n"
+    "    $lines = @(quser.exe 2>$null)\n"
+    "    $ErrorActionPreference = 'Stop'\n"
+    "    $rows = @()\n"
+    "    foreach ($line in ($lines | Select-Object -Skip 1)) {\n"
+    "        $t = @($line.Substring(1).Trim() -split '\\s{2,}')\n"
+    "        if ($t.Count -eq 5) { $t = @($t[0], '', $t[1], $t[2], $t[3], $t[4]) }\n"
+    "        if ($t.Count -ge 6 -and $t[0] -eq $want) {\n"
+    "            $rows += [ordered]@{ id = $t[2]; user = $t[0]; state = $t[3]; logon_time = $t[5] }\n"
+    "        }\n"
+    "    }\n"
+)
 LIST_SESSIONS = (
     _PREAMBLE
     + "try {\n"
-    + "    $want = ($env:JIT_MEMBER -split '\\\\')[-1]\n"
-    + "    $ErrorActionPreference = 'Continue'\n"
-    + "    $lines = @(quser.exe 2>$null)\n"
-    + "    $ErrorActionPreference = 'Stop'\n"
-    + "    $rows = @()\n"
-    + "    foreach ($line in ($lines | Select-Object -Skip 1)) {\n"
-    + "        $t = @($line.Substring(1).Trim() -split '\\s{2,}')\n"
-    + "        if ($t.Count -eq 5) { $t = @($t[0], '', $t[1], $t[2], $t[3], $t[4]) }\n"
-    + "        if ($t.Count -ge 6 -and $t[0] -eq $want) {\n"
-    + "            $rows += [ordered]@{ id = $t[2]; user = $t[0]; state = $t[3]; logon_time = $t[5] }\n"
-    + "        }\n"
-    + "    }\n"
+    + _SESSIONS
     + "    ConvertTo-Json -Compress -Depth 3 -InputObject ([ordered]@{ status = 'ok'; sessions = @($rows) })\n"
     + _catch(())
 )
@@ -170,6 +187,66 @@ LOGOFF = (
     + _catch(())
 )
 
+# One run of an elevation whose account SID is already known (a grant of the same account on this host
+# before): the name must still translate to that SID, else nothing is changed ("sid_changed"); then the
+# membership before (was_member), the add by SID, and the listing after, in one JSON answer.
+ELEVATE_KNOWN = (
+    _PREAMBLE
+    + "try {\n"
+    + _GROUP_BY_SID
+    + "    $sid = [System.Security.Principal.NTAccount]::new($env:JIT_MEMBER)"
+    ".Translate([System.Security.Principal.SecurityIdentifier])\n"
+    + "    if ($sid.Value -ne $env:JIT_MEMBER_SID) {\n"
+    + "        ConvertTo-Json -Compress -InputObject ([ordered]@{ status = 'sid_changed'; sid = $sid.Value })\n"
+    + "        exit 0\n"
+    + "    }\n"
+    + "    $principal = New-Object Microsoft.PowerShell.Commands.LocalPrincipal\n"
+    + "    $principal.SID = $sid\n"
+    + _LISTED.replace("$listed", "$was")
+    + "    $status = 'added'\n"
+    + "    try { Add-LocalGroupMember -Group $group -Member $principal }\n"
+    + "    catch {\n"
+    + "        if (-not ([string]$_.FullyQualifiedErrorId -like 'MemberExists,*')) { throw }\n"
+    + "        $status = 'already_member'\n"
+    + "    }\n"
+    + _LISTED
+    + "    ConvertTo-Json -Compress -InputObject ([ordered]@{ status = $status; was_member = $was;"
+    " member = $listed })\n"
+    + _catch((("IdentityNotMapped*", "principal_not_found"), *_COMMON_ERRORS))
+)
+
+# One run of a revocation: remove by SID, list the group (verify), and once the SID is out, the account's
+# logon sessions, logged off when JIT_LOGOFF is 1. A failure in the sessions part is reported in
+# sessions_error and never hides the removal's answer.
+REVOKE = (
+    _PREAMBLE
+    + "try {\n"
+    + _GROUP_BY_SID
+    + _MEMBER_BY_SID
+    + "    $status = 'removed'\n"
+    + "    try { Remove-LocalGroupMember -Group $group -Member $principal }\n"
+    + "    catch {\n"
+    + "        if (-not ([string]$_.FullyQualifiedErrorId -like 'MemberNotFound,*')) { throw }\n"
+    + "        $status = 'not_member'\n"
+    + "    }\n"
+    + _LISTED
+    + "    $rows = @(); $sessionsError = ''\n"
+    + "    if (-not $listed) {\n"
+    + "        try {\n"
+    + _SESSIONS
+    + "    if ($env:JIT_LOGOFF -eq '1') {\n"
+    + "        foreach ($r in $rows) {\n"
+    + "            $ErrorActionPreference = 'Continue'; logoff.exe ([int]$r.id) 2>$null\n"
+    + "            $ErrorActionPreference = 'Stop'; $r.action = 'logged_off'\n"
+    + "        }\n"
+    + "    }\n"
+    + "        } catch { $sessionsError = [string]$_.Exception.Message }\n"
+    + "    }\n"
+    + "    ConvertTo-Json -Compress -Depth 3 -InputObject ([ordered]@{ status = $status; member = $listed;"
+    " sessions = @($rows); sessions_error = $sessionsError })\n"
+    + _catch(_COMMON_ERRORS)
+)
+
 ALL_SCRIPTS: dict[str, str] = {
     "resolve": RESOLVE,
     "add_member": ADD_MEMBER_SID,
@@ -177,7 +254,39 @@ ALL_SCRIPTS: dict[str, str] = {
     "list_members": LIST_MEMBERS,
     "list_sessions": LIST_SESSIONS,
     "logoff": LOGOFF,
+    "elevate_known": ELEVATE_KNOWN,
+    "revoke": REVOKE,
 }
+_SPLIT = {name: tuple(text.split(DATA_PLACEHOLDER)) for name, text in ALL_SCRIPTS.items()}
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def render(script: str, data: dict[str, str]) -> str:
+    """The script with ``data`` (validated values only) as base64 of its UTF-8 JSON in the one literal."""
+    encoded = base64.b64encode(json.dumps(data, ensure_ascii=False).encode("utf-8")).decode("ascii")
+    return script.replace(DATA_PLACEHOLDER, encoded, 1)
+
+
+def parse_rendered(text: str) -> tuple[str, dict[str, str]] | None:
+    """Which template ``text`` is and the data it carries; None unless it is exactly a template whose data
+    literal holds valid base64 of a JSON object of strings (jit-winrm-sim's reading of a script)."""
+    for name, parts in _SPLIT.items():
+        if len(parts) != 2:
+            continue
+        prefix, suffix = parts
+        if len(text) < len(prefix) + len(suffix) or not (text.startswith(prefix) and text.endswith(suffix)):
+            continue
+        literal = text[len(prefix):len(text) - len(suffix)]
+        if not _BASE64.fullmatch(literal):
+            return None
+        try:
+            data = json.loads(base64.b64decode(literal, validate=True).decode("utf-8"))
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return None
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            return None
+        return name, data
+    return None
 
 
 def encode_command(script: str) -> str:

@@ -1,8 +1,10 @@
-"""Run one fixed PowerShell script on a host through pywinrm's Protocol API, within a hard deadline.
+"""Run one PowerShell script on a host through pywinrm's Protocol API, within a hard deadline.
 
-Open a shell whose environment carries the data, run ``powershell.exe -NoProfile -NonInteractive
--ExecutionPolicy Bypass -EncodedCommand <script>``, Receive until Done or the deadline, then Signal
-(terminate) and Delete so no shell leaks into the host's MaxShellsPerUser quota.
+A :class:`Connection` is one authenticated HTTP session and one open shell: it runs ``powershell.exe
+-NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand <script>`` (the script carries its
+own data, see :mod:`.scripts`), Receives until Done or the deadline, then Signals (terminate); it can
+run again (:mod:`.pool` reuses it) and ``close`` Deletes the shell so none leaks into the host's
+MaxShellsPerUser quota. ``run_script`` is one run on a connection of its own.
 
 The deadline is real: every HTTP request (the NTLM handshake's included) goes through an adapter that
 gives it only the time left (connect and read together, urllib3 ``Timeout(total=...)``) and refuses to
@@ -23,7 +25,7 @@ from typing import Any, cast
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util import Timeout
-from winrm.exceptions import WinRMOperationTimeoutError
+from winrm.exceptions import WinRMOperationTimeoutError, WSManFaultError
 from winrm.protocol import Protocol
 
 from .endpoint import Credentials, HostEndpoint
@@ -97,6 +99,10 @@ class ScriptRunFailed(Exception):
         self.command_sent = command_sent
 
 
+class ShellGone(Exception):
+    """The host no longer knows the shell (``w:InvalidSelectors`` on Command): the script did not run."""
+
+
 def _protocol(host: HostEndpoint, creds: Credentials, operation_timeout_sec: int, read_timeout_sec: int) -> Protocol:
     ca: Any = host.ca_file  # pywinrm: None = system CAs only (no env var fallback)
     return Protocol(
@@ -113,56 +119,110 @@ def _protocol(host: HostEndpoint, creds: Credentials, operation_timeout_sec: int
     )
 
 
+def _invalid_selectors(exc: BaseException) -> bool:
+    return isinstance(exc, WSManFaultError) and str(exc.fault_subcode or "").endswith("InvalidSelectors")
+
+
+class Connection:
+    """One authenticated HTTP session (one NTLM handshake) and one open shell on a host, used by one caller
+    at a time. ``run`` may be called many times; ``close`` deletes the shell and drops the session."""
+
+    def __init__(self, host: HostEndpoint, creds: Credentials, *, operation_timeout_sec: int,
+                 read_timeout_sec: int, idle_timeout_sec: int | None = None) -> None:
+        self.host = host
+        self.creds = creds
+        self._operation_timeout_sec = operation_timeout_sec
+        self._idle_timeout_sec = idle_timeout_sec
+        self._protocol = _protocol(host, creds, operation_timeout_sec, read_timeout_sec)
+        self._budget = _Budget(0.0)
+        _bind_budget(self._protocol, self._budget, read_timeout_sec)
+        self.shell_id: str | None = None
+        self.runs = 0
+        self.broken = False
+        self.last_used = time.monotonic()
+
+    def open(self, deadline: float) -> None:
+        """Authenticate and Create the shell (no environment: each script carries its own data)."""
+        self._budget.until = deadline
+        self.shell_id = self._protocol.open_shell(noprofile=True, idle_timeout=self._idle_timeout_sec)
+
+    def run(self, script: str, deadline: float) -> ScriptOutput:
+        """Command, Receive until Done, Signal. Raises ShellGone when the host refused the Command because it
+        no longer has the shell (nothing ran), ScriptRunFailed(command_sent=True) on any other failure."""
+        assert self.shell_id is not None
+        self._budget.until = deadline
+        protocol = self._protocol
+        try:
+            command_id = protocol.run_command(self.shell_id, POWERSHELL, powershell_arguments(script))
+        except Exception as exc:
+            if _invalid_selectors(exc):
+                raise ShellGone(str(exc)) from None
+            raise ScriptRunFailed(exc, command_sent=True) from None
+        self.runs += 1
+        try:
+            out: list[bytes] = []
+            err: list[bytes] = []
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DeadlineExceeded("command did not finish before the deadline")
+                # Ask the host to answer (w:TimedOut if still running) before our own read gives up.
+                protocol.operation_timeout_sec = max(1, min(self._operation_timeout_sec, int(left - 0.5)))
+                try:
+                    stdout, stderr, rc, done = protocol.get_command_output_raw(self.shell_id, command_id)
+                except WinRMOperationTimeoutError:
+                    continue  # the command is still running; Receive again
+                out.append(stdout)
+                err.append(stderr)
+                if done:
+                    break
+        except Exception as exc:
+            self._budget.until = max(deadline, time.monotonic()) + CLEANUP_GRACE_SEC
+            raise ScriptRunFailed(exc, command_sent=True) from None
+        # The output is read: a Signal that fails costs only this connection (not reused).
+        self._budget.until = max(deadline, time.monotonic()) + CLEANUP_GRACE_SEC
+        try:
+            protocol.cleanup_command(self.shell_id, command_id)
+        except Exception:
+            self.broken = True
+        self.last_used = time.monotonic()
+        return ScriptOutput(b"".join(out), b"".join(err), rc)
+
+    def close(self, grace_sec: float = CLEANUP_GRACE_SEC) -> None:
+        """Best effort, within ``grace_sec``: Delete the shell (it ends a running command too), drop the session.
+        A shell that leaks expires on the host after its IdleTimeOut."""
+        self._budget.until = time.monotonic() + grace_sec
+        if self.shell_id is not None:
+            with contextlib.suppress(Exception):
+                self._protocol.close_shell(self.shell_id)
+            self.shell_id = None
+        with contextlib.suppress(Exception):
+            self._protocol.transport.close_session()
+
+
 def run_script(
     host: HostEndpoint,
     creds: Credentials,
     script: str,
-    env: dict[str, str],
     *,
     operation_timeout_sec: int,
     read_timeout_sec: int,
     deadline: float,
     cleanup_grace_sec: float = CLEANUP_GRACE_SEC,
 ) -> ScriptOutput:
-    """Run ``script`` with ``env`` as the shell environment. ``deadline`` is a time.monotonic() value."""
-    protocol = _protocol(host, creds, operation_timeout_sec, read_timeout_sec)
-    budget = _Budget(deadline)
-    _bind_budget(protocol, budget, read_timeout_sec)
-    shell_id: str | None = None
-    command_id: str | None = None
-    command_sent = False
+    """Run ``script`` on a connection and shell of its own, closed afterwards (no pooling).
+    ``deadline`` is a time.monotonic() value."""
+    connection = Connection(host, creds, operation_timeout_sec=operation_timeout_sec,
+                            read_timeout_sec=read_timeout_sec)
     try:
-        shell_id = protocol.open_shell(env_vars=env, noprofile=True)
-        command_sent = True
-        command_id = protocol.run_command(shell_id, POWERSHELL, powershell_arguments(script))
-        out: list[bytes] = []
-        err: list[bytes] = []
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DeadlineExceeded("command did not finish before the deadline")
-            # Ask the host to answer (w:TimedOut if still running) before our own read gives up.
-            protocol.operation_timeout_sec = max(1, min(operation_timeout_sec, int(left - 0.5)))
-            try:
-                stdout, stderr, rc, done = protocol.get_command_output_raw(shell_id, command_id)
-            except WinRMOperationTimeoutError:
-                continue  # the command is still running; Receive again
-            out.append(stdout)
-            err.append(stderr)
-            if done:
-                return ScriptOutput(b"".join(out), b"".join(err), rc)
-    except Exception as exc:
-        raise ScriptRunFailed(exc, command_sent) from None
+        try:
+            connection.open(deadline)
+        except Exception as exc:
+            raise ScriptRunFailed(exc, command_sent=False) from None
+        try:
+            return connection.run(script, deadline)
+        except ShellGone as gone:
+            raise ScriptRunFailed(gone, command_sent=False) from None
     finally:
-        # Best effort: the output is already read (or lost); a leaked shell expires after IdleTimeOut.
         # Past the deadline, only Delete (it ends the command as well), within the grace.
-        late = time.monotonic() >= deadline
-        budget.until = deadline + cleanup_grace_sec
-        if command_id is not None and not late:
-            with contextlib.suppress(Exception):
-                protocol.cleanup_command(shell_id or "", command_id)
-        if shell_id is not None:
-            with contextlib.suppress(Exception):
-                protocol.close_shell(shell_id)
-        with contextlib.suppress(Exception):
-            protocol.transport.close_session()
+        connection.close(cleanup_grace_sec)

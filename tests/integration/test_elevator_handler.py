@@ -251,7 +251,9 @@ def test_membership_explained_by_another_holder_is_not_pre_existing(
     elevator(seeded, fake).process(approved(second))
     done = row(seeded, second.id)
     assert done.state == State.ELEVATED and not done.pre_existing
-    assert operations(fake) == ["resolve", "add_member"]  # answered "already a member": our first grant's add
+    # One run: the SIDs are known from the first grant (the fake records the run's steps too); it
+    # answered "already a member": our first grant's add.
+    assert operations(fake) == ["elevate_known", "resolve", "add_member"]
     assert ledger(seeded, first.id)[1].id == ledger(seeded, second.id)[1].id
     assert ledger(seeded, second.id)[1].baseline == "no" and not ledger(seeded, second.id)[0].decides_baseline
     assert outbox(seeded, "elevation.elevated")[1]["pre_existing"] is False

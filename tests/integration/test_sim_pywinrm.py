@@ -47,9 +47,17 @@ def test_run_ps_runs_only_the_fixed_scripts(sim: SimulatedHost) -> None:
     other = session.run_ps("Add-LocalGroupMember -SID S-1-5-32-544 -Member 'CORP\\bob'")
     assert other.status_code == 1 and b"not one this simulated host recognises" in other.std_err
     assert sim.members(ADMINS) == set()
-    # pywinrm's run_ps without the env vars: each script fails the way PowerShell would ($env:JIT_* is null)
+    # A template without its data, or with anything but base64 of a JSON object of strings in the data
+    # literal, is not a script the host runs.
+    hostile = ["", "x'); calc; ('", "e30=' + 'x", "W10=", "eyJhIjogMX0=", "%%%%", "e30= "]
+    for script in (scripts.RESOLVE, scripts.ADD_MEMBER_SID, scripts.ELEVATE_KNOWN, scripts.REVOKE):
+        assert session.run_ps(script).status_code == 1
+        for literal in hostile:
+            answer = session.run_ps(script.replace(scripts.DATA_PLACEHOLDER, literal))
+            assert answer.status_code == 1 and b"not one this simulated host recognises" in answer.std_err, literal
+    # Rendered without data: each script fails the way PowerShell would ($env:JIT_* is null)
     for script in (scripts.RESOLVE, scripts.ADD_MEMBER_SID, scripts.REMOVE_MEMBER_SID, scripts.LIST_MEMBERS):
-        answer = session.run_ps(script)
+        answer = session.run_ps(scripts.render(script, {}))
         assert answer.status_code == 1 and b'"status":"error"' in answer.std_out
     assert sim.members(ADMINS) == set()
     assert session.run_cmd("calc.exe").status_code == 1

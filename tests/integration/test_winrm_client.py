@@ -57,6 +57,8 @@ def test_resolve_add_already_member_remove_not_member(sim: SimulatedHost, transp
     assert CLIENT.remove_member(ep, cr, ADMINS, alice.account_sid) is False
     assert CLIENT.is_member(ep, cr, ADMINS, alice.account_sid) is False
     assert CLIENT.list_members(ep, cr, ADMINS) == []
+    assert sim.open_shells() <= CLIENT.max_shells_per_host  # pooled for reuse, never more than the cap
+    CLIENT.close()
     assert sim.open_shells() == 0  # every shell was deleted
 
 

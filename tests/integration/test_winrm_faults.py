@@ -232,6 +232,7 @@ def test_quota_max_shells_per_user_and_the_client_cap() -> None:
                 t.start()
             for t in threads:
                 t.join()
+            client.close()  # its pooled shells
             return results
 
         unbounded = burst(cap=6)
