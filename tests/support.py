@@ -12,6 +12,7 @@ from typing import Any
 import pika
 
 from shared.amqp.consumer import Consumer
+from shared.events import EVENT_TYPES
 from shared.settings import Settings
 
 
@@ -26,14 +27,16 @@ def poll(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condi
 
 
 class EventTap:
-    """An exclusive queue of the test's own, bound with `#`: sees every event published on the exchange."""
+    """An exclusive queue of the test's own, bound to every event type: sees every event published on the
+    exchange (and not the `status.query` requests, which are not events)."""
 
     def __init__(self, settings: Settings) -> None:
         self._connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
         self._channel = self._connection.channel()
         self._channel.exchange_declare(exchange=settings.exchange, exchange_type="topic", durable=True)
         self.queue = self._channel.queue_declare(queue="", exclusive=True).method.queue
-        self._channel.queue_bind(queue=self.queue, exchange=settings.exchange, routing_key="#")
+        for event_type in EVENT_TYPES:
+            self._channel.queue_bind(queue=self.queue, exchange=settings.exchange, routing_key=event_type)
         self.seen: list[dict[str, Any]] = []
 
     def drain(self) -> list[dict[str, Any]]:

@@ -119,3 +119,20 @@ def test_a_claimed_row_is_left_to_the_relay_that_claimed_it(factory: sessionmake
 
     assert publish_pending(factory, First()) == 1
     assert len(sent) == 1
+
+
+def test_the_journal_keeps_every_event_type_and_no_status_query(settings: Settings) -> None:
+    """A `status.query` is a request, not an event: it must not push real events out of the bounded journal."""
+    from shared.events import EVENT_TYPES
+
+    declare_all(settings)
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    channel = conn.channel()
+    channel.queue_bind(journal_queue(settings), settings.exchange, routing_key="#")  # as versions before did
+    declare_all(settings)  # a daemon of this version starts: the catch-all binding goes
+    channel.basic_publish(settings.exchange, "status.query", b'{"secret_id": "s", "user_id": "u"}')
+    for event_type in EVENT_TYPES:
+        channel.basic_publish(settings.exchange, event_type, event_type.encode())
+    conn.close()
+    got = drain(settings, expect=len(EVENT_TYPES) + 1, timeout=3.0)
+    assert sorted(body for _, body in got) == sorted(t.encode() for t in EVENT_TYPES)  # type: ignore[misc]
