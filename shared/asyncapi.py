@@ -4,8 +4,10 @@
 to what the models say, and reads it with the official parser (`@asyncapi/parser`) where Node is.
 
 One channel per event type (its address is the routing key on the topic exchange) and one per
-daemon's dead-letter queue. Operations are the trust model: for every event, which component may
-send it and which components receive it. The broker vouches for the publishing user; jit-approval
+daemon's dead-letter queue; and the `status.query` request/reply (plain JSON, not an event: direct
+reply-to, the answer on the default exchange to `reply_to` with the same `correlation_id`).
+Operations are the trust model: for every event, which component may send it and which components
+receive it. The broker vouches for the publishing user; jit-approval
 refuses `elevation.decided` from any broker user not in `JIT_DECISION_PUBLISHERS`.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from shared.events import DATA_MODELS
+from shared.events import DATA_MODELS, STATUS_QUERY, StatusQuery, StatusReply
 
 COMPONENTS = {
     "connectionWorkflow": "the PAM connection workflow (upstream)",
@@ -104,8 +106,58 @@ def _dead_letter_channel(daemon: str) -> dict[str, Any]:
     }
 
 
+def _status_channels(schemas: dict[str, Any]) -> dict[str, Any]:
+    for model in (StatusQuery, StatusReply):
+        schemas[model.__name__] = model.model_json_schema(mode="serialization",
+                                                          ref_template="#/components/schemas/{model}")
+    schemas["StatusError"] = {"type": "object", "required": ["error"], "additionalProperties": False,
+                              "properties": {"error": {"type": "string"}}}
+
+    def message(name: str, summary: str, schema: str) -> dict[str, Any]:
+        return {"name": name, "title": name, "summary": summary, "contentType": "application/json",
+                "payload": {"$ref": f"#/components/schemas/{schema}"},
+                "correlationId": {"location": "$message.header#/correlation_id"}}
+
+    return {
+        "statusQuery": {
+            "address": STATUS_QUERY,
+            "description": "Routing key `status.query` on the topic exchange: the connection workflow asks for a "
+                           "credential's elevation status; every jit-approval replica serves it.",
+            "messages": {"StatusQuery": message("StatusQuery", StatusQuery.__doc__ or "", "StatusQuery")},
+            "bindings": {"amqp": {"is": "routingKey", "exchange": {
+                "name": "jit.events", "type": "topic", "durable": True, "autoDelete": False, "vhost": "/"},
+                "bindingVersion": AMQP_BINDING}},
+        },
+        "statusReply": {
+            "address": None,
+            "description": "The asker's direct reply-to pseudo-queue (`amq.rabbitmq.reply-to`), named by the "
+                           "query's `reply_to`.",
+            "messages": {
+                "StatusReply": message("StatusReply", StatusReply.__doc__ or "", "StatusReply"),
+                "StatusError": message("StatusError", "A malformed query: what is wrong with it.", "StatusError"),
+            },
+        },
+    }
+
+
+def _status_operations() -> dict[str, Any]:
+    reply = {"channel": {"$ref": "#/channels/statusReply"},
+             "address": {"location": "$message.header#/reply_to"},
+             "messages": [{"$ref": "#/channels/statusReply/messages/StatusReply"},
+                          {"$ref": "#/channels/statusReply/messages/StatusError"}]}
+    query = [{"$ref": "#/channels/statusQuery/messages/StatusQuery"}]
+    return {
+        "connectionWorkflowSendsStatusQuery": {
+            "action": "send", "channel": {"$ref": "#/channels/statusQuery"}, "messages": query, "reply": reply,
+            "summary": "The connection workflow asks for a status and waits for the reply on direct reply-to."},
+        "approvalReceivesStatusQuery": {
+            "action": "receive", "channel": {"$ref": "#/channels/statusQuery"}, "messages": query, "reply": reply,
+            "summary": "Every jit-approval replica answers status queries from its queue jit.approval.status."},
+    }
+
+
 def _operations() -> dict[str, Any]:
-    operations: dict[str, Any] = {}
+    operations: dict[str, Any] = _status_operations()
     for event_type, senders in SENDERS.items():
         channel, name = _camel(event_type), DATA_MODELS[event_type].__name__
         message = [{"$ref": f"#/channels/{channel}/messages/{name}"}]
@@ -146,6 +198,7 @@ def document() -> dict[str, Any]:
         channels[_camel(event_type)] = _event_channel(event_type)
     for daemon in CONSUMED:
         channels[f"{daemon}DeadLetters"] = _dead_letter_channel(daemon)
+    channels.update(_status_channels(schemas))
     schemas["CloudEvent"] = {
         "type": "object", "required": ["specversion", "id", "source", "type"],
         "properties": {"specversion": {"const": "1.0"}, "id": {"type": "string", "maxLength": 128},
