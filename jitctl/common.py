@@ -101,7 +101,7 @@ def show(value: Any, now: datetime | None = None) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return f"{format_time(value)} ({relative(value, now)})"
+        return f"{value.astimezone(UTC):%Y-%m-%d %H:%M:%SZ} ({relative(value, now)})"
     return str(value).replace("\n", " ")
 
 
@@ -138,24 +138,27 @@ def terminal_width() -> int | None:
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, shrink: Sequence[str] = ()) -> None:
     """Aligned columns, headers in capitals; times in UTC with how long ago. To fit the terminal, the
-    `shrink` columns (then the last one) are cut, marked with '~'."""
+    `shrink` columns are cut (marked with '~'), then columns are left out from the right (`--json` has all)."""
     now = datetime.now(UTC)
-    cells = [[show(row.get(c), now) for c in columns] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    columns = list(columns)
+    cells = {c: [show(row.get(c), now) for row in rows] for c in columns}
+    widths = {c: max([len(c)] + [len(v) for v in cells[c]]) for c in columns}
     width = terminal_width()
+
+    def over() -> int:
+        return sum(widths[c] for c in columns) + 2 * (len(columns) - 1) - (width or 0)
+
     if width is not None:
-        over = sum(widths) + 2 * (len(widths) - 1) - width
-        for name in [*shrink, columns[-1]]:
-            i = columns.index(name)
-            if over <= 0:
-                break
-            cut = min(over, widths[i] - max(len(name), 6))
-            widths[i] -= max(cut, 0)
-            over -= max(cut, 0)
+        for name in shrink:
+            if over() > 0 and name in widths:
+                widths[name] -= max(0, min(over(), widths[name] - max(len(name), 8)))
+        while over() > 0 and len(columns) > 2:
+            columns.pop()
 
     def fit(text: str, w: int) -> str:
         return text if len(text) <= w else text[: w - 1] + "~"
 
-    print("  ".join(fit(c.upper(), w).ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for r in cells:
-        print("  ".join(fit(v, w).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()[: width or None])
+    lines = ["  ".join(fit(c.upper(), widths[c]).ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(fit(cells[c][i], widths[c]).ljust(widths[c]) for c in columns) for i in range(len(rows))]
+    for line in lines:
+        print(line.rstrip()[: width or None])

@@ -123,6 +123,10 @@ class _Progress:
         self.on = items >= PROGRESS_ITEMS
         self.start = self.last = time.monotonic()
 
+    def note(self, text: str) -> None:
+        if self.on:
+            print(f"jitctl apply: {text} ({time.monotonic() - self.start:.1f} s)", file=sys.stderr, flush=True)
+
     def __call__(self, what: str, done: int, total: int) -> None:
         now = time.monotonic()
         if self.on and (now - self.last >= 1.0 or done == total == 1 or (done == total and total >= PROGRESS_ITEMS)):
@@ -144,7 +148,7 @@ def apply_file(args: argparse.Namespace) -> int:
         raise CliError(f"{name}: {exc}", USAGE) from None
     settings = load_settings()
     progress = _Progress(_items(config))
-    progress(f"{name} is valid:", _items(config), _items(config))
+    progress.note(f"{name}: {_items(config)} items, valid")
     if args.diff or args.dry_run:
         return _plan(args, settings, config, progress, name)
     with database(settings) as factory:
@@ -152,7 +156,7 @@ def apply_file(args: argparse.Namespace) -> int:
             with transaction(factory) as session:
                 summary = apply_config(session, config, now=datetime.now(UTC), end_active=args.end_active,
                                        prune=args.prune, progress=progress)
-                progress("committing", 1, 1)
+                progress.note("committing")
         except ApplyRefused as exc:
             raise CliError(f"{name}: {exc}", USAGE) from None
         if summary.ended:

@@ -20,9 +20,10 @@ from shared.hosts import canonical_host
 from shared.rules import connection_status
 from shared.states import ACTIVE, State
 
-REQUEST_COLUMNS = ("request_id", "state", "requester_id", "host", "secret_id", "approver_id", "requested_at",
+# Human tables, most telling first: to fit a narrow terminal, columns are left out from the right.
+REQUEST_COLUMNS = ("request_id", "state", "requested_at", "requester_id", "host", "secret_id", "approver_id",
                    "expires_at", "reason")
-AUDIT_COLUMNS = ("id", "at", "request_id", "action", "from_state", "to_state", "actor", "reason")
+AUDIT_COLUMNS = ("id", "at", "action", "request_id", "actor", "to_state", "from_state", "reason")
 STATES = [s.value for s in State]
 
 

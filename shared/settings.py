@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="debug, info, warning, error or critical")
 
-    queue_prefix: str = Field("jit", description="daemon queues are <prefix>.approval, .elevator, .reaper")
+    queue_prefix: str = Field("jit", description="daemon queues are `<prefix>.approval`, `.elevator`, `.reaper`")
     prefetch: int = Field(16, ge=1, le=1000, description="unacked deliveries per consumer")
     workers: int = Field(8, ge=1, le=256, description="worker threads per daemon process")
     delivery_limit: int = Field(20, ge=1, description="quorum queue x-delivery-limit before dead-lettering")
@@ -208,3 +208,17 @@ def missing_sqlite_file(url: str) -> Path | None:
         return None
     path = Path(parsed.database)
     return None if path.exists() else path
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from this model (tests/unit/test_settings.py keeps it equal)."""
+    lines = ["| variable | meaning | default |", "| --- | --- | --- |"]
+    for name, info in Settings.model_fields.items():
+        default = "unset" if info.default is None else f"`{info.default}`" if info.default != "" else "empty"
+        meaning = (info.description or "").replace("|", "\\|")
+        lines.append(f"| `{variable(name)}` | {meaning} | {default} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")
