@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.reaper.plan import NOTHING_HELD, Plan, make_plan
 from services.reaper.policy import SOURCE, next_attempt, stall_due
-from services.reaper.sessions import end_sessions
+from services.reaper.sessions import end_sessions, ended_sessions
 from shared import logs
 from shared.clock import Clock
 from shared.db import audit, ledger, outbox
@@ -33,7 +33,7 @@ from shared.events import ElevationRevocationStalled, ElevationRevoked, new_even
 from shared.retrying import call, retrying
 from shared.settings import Settings
 from shared.states import State, Trigger
-from shared.winrm import WinRMPort
+from shared.winrm import Revocation, WinRMPort
 
 log = logs.get_logger()
 REVOKING = State.REVOKING.value
@@ -169,8 +169,9 @@ class Revoker:
         creds = plan.target.credentials()
         endpoint = plan.target.endpoint
         sids: list[tuple[str, str]] = []
+        logoff = plan.target.on_revoke == "logoff"
 
-        def remove() -> bool:
+        def remove() -> Revocation:
             if not sids:
                 if plan.legacy:
                     resolved = self.port.resolve(endpoint, creds, plan.group, plan.account)
@@ -179,20 +180,24 @@ class Revoker:
                     assert plan.group_sid is not None and plan.account_sid is not None
                     sids.append((plan.group_sid, plan.account_sid))
             group_sid, account_sid = sids[0]
-            return self.port.remove_member(endpoint, creds, group_sid, account_sid)
+            # One run: remove, verify, and the account's sessions (logged off per on_revoke).
+            return self.port.revoke(endpoint, creds, group_sid, account_sid, plan.account, logoff)
 
         budget = self.settings.retry_in_process_seconds if in_process else 0.0
         policy = retrying(initial=self.settings.retry_initial_seconds, cap=self.settings.retry_max_seconds,
                           budget=budget, on_retry=lambda _n, exc, _s: failed(exc), sleep=self._sleeper(plan.host))
         try:
-            removed = call(remove, policy)
+            revocation = call(remove, policy)
         except Exception as exc:
             failed(exc)
             raise
         self._host_answered(plan.host)
-        outcome = Outcome(removed=removed)
-        outcome.sessions, outcome.sessions_error = end_sessions(self.port, endpoint, creds, plan.account,
-                                                                plan.target.on_revoke)
+        outcome = Outcome(removed=revocation.removed)
+        if revocation.sessions_listed:
+            outcome.sessions, outcome.sessions_error = ended_sessions(revocation, plan.target.on_revoke)
+        else:  # the run's answer was lost and only the removal could be re-verified: look at the sessions now
+            outcome.sessions, outcome.sessions_error = end_sessions(self.port, endpoint, creds, plan.account,
+                                                                    plan.target.on_revoke)
         return outcome
 
     def finish(self, plan: Plan, outcome: Outcome, *, tries: int, cause: Cause | None = None,

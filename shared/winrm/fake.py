@@ -20,8 +20,8 @@ sleeps before each matching call. Every call is recorded in ``calls`` (operation
 remove_member, list_members, is_member, list_sessions, logoff). The one-run operations are modelled as
 the steps their script takes, each step through the public method (so a subclass's hooks and the
 queued faults see them): ``elevate_known`` is recorded as ``elevate_known``, ``resolve`` (the name's
-translation and the look) then ``add_member`` (unless the name now maps to another SID), ``revoke`` as ``revoke``, ``remove_member``, ``list_sessions`` and
-``logoff`` per session when asked.
+translation and the look) then ``add_member`` (unless the name now maps to another SID); ``revoke`` as
+``revoke``, ``remove_member``, ``list_sessions`` and ``logoff`` per session when asked.
 """
 
 from __future__ import annotations

@@ -257,6 +257,19 @@ ALL_SCRIPTS: dict[str, str] = {
     "elevate_known": ELEVATE_KNOWN,
     "revoke": REVOKE,
 }
+
+
+def _compact(script: str) -> str:
+    """Without indentation (PowerShell ignores it): every character costs 2.7 on the command line, which
+    cmd.exe caps at 8191."""
+    return "\n".join(line.strip() for line in script.splitlines()) + "\n"
+
+
+ALL_SCRIPTS = {name: _compact(text) for name, text in ALL_SCRIPTS.items()}
+RESOLVE, ADD_MEMBER_SID = ALL_SCRIPTS["resolve"], ALL_SCRIPTS["add_member"]
+REMOVE_MEMBER_SID = ALL_SCRIPTS["remove_member"]
+LIST_MEMBERS, LIST_SESSIONS, LOGOFF = ALL_SCRIPTS["list_members"], ALL_SCRIPTS["list_sessions"], ALL_SCRIPTS["logoff"]
+ELEVATE_KNOWN, REVOKE = ALL_SCRIPTS["elevate_known"], ALL_SCRIPTS["revoke"]
 _SPLIT = {name: tuple(text.split(DATA_PLACEHOLDER)) for name, text in ALL_SCRIPTS.items()}
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
