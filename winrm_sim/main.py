@@ -45,6 +45,7 @@ Control endpoint (JSON, loopback only, no auth), {{id}} = host index or ADDRESS:
   POST /control/hosts/{{id}}/down             {{"seconds": S}} down, then back on the same port
   POST /control/hosts/{{id}}/reject-credentials {{"on": true}}   every request answered 401
   POST /control/hosts/{{id}}/command-delay    {{"seconds": S}} slow command: Receive times out until done
+  POST /control/hosts/{{id}}/cost             {{"ps_startup_ms": N, "latency_ms": N}} the cost model
   POST /control/hosts/{{id}}/max-shells       {{"n": N}} MaxShellsPerUser (default 30; beyond: quota fault)
   POST /control/hosts/{{id}}/access-denied    {{"on": true}} the service account is not an administrator
   POST /control/hosts/{{id}}/unknown-principals {{"names": [...]}} names that do not resolve
@@ -122,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-shells-per-user", type=int, default=30, help="MaxShellsPerUser (default 30)")
     parser.add_argument("--command-delay", type=float, default=0.0, metavar="S",
                         help="every command finishes S seconds after it starts (default 0)")
+    parser.add_argument("--ps-startup-ms", type=float, default=0.0, metavar="N",
+                        help="cost model: each PowerShell run's output is ready N ms after its Command, as a real "
+                             "host starts powershell.exe (default 0)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, metavar="N",
+                        help="cost model: every HTTP answer leaves N ms after its request (default 0)")
     parser.add_argument("--group-name", action="append", default=[], metavar="SID=NAME", type=_pair("SID=NAME"),
                         help="localised group name, e.g. S-1-5-32-544=Administratoren")
     parser.add_argument("--unknown-principal", action="append", default=[], metavar="NAME",
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_shells_per_user=args.max_shells_per_user, group_names=group_names,
                 unknown_principals=set(args.unknown_principal), cert=cert)
             host.set_command_delay(args.command_delay)
+            host.set_cost(ps_startup_ms=args.ps_startup_ms, latency_ms=args.latency_ms)
             for sid, member in args.seed:
                 try:
                     host.seed_member(sid, member)
