@@ -272,10 +272,10 @@ def daemon_main(name: str, description: str, build: Callable[[Runtime], int]) ->
         settings = Settings.from_environment()
     except SettingsError as exc:
         cli.fail(f"jit-{name}", f"invalid environment: {exc}", cli.USAGE)
-    logs.configure(settings.log_level, settings.log_format, daemon=name, version=VERSION)
     missing = missing_sqlite_file(settings.database_url) if args.check else None
     if missing is not None:  # a probe must not create an empty database at a mistyped path
         cli.fail(f"jit-{name}", f"no database at {missing}: check JIT_DATABASE_URL, or run `jitctl db upgrade`")
+    logs.configure(settings.log_level, settings.log_format, daemon=name, version=VERSION)
     runtime = Runtime.create(name, settings)
     if args.check:
         raise SystemExit(check(runtime))

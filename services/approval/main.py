@@ -49,7 +49,7 @@ def processor(factory: sessionmaker[Session], clock: Clock) -> Callable[[Event],
 
 
 def build(runtime: Runtime) -> int:
-    sweeper = Periodic("approval.sweeper", runtime.settings.sweep_interval_seconds,
+    sweeper = Periodic("sweeper", runtime.settings.sweep_interval_seconds,
                        lambda: cancel_expired_pending(runtime.factory, runtime.clock))
     with StatusServer(runtime.settings, runtime.factory, runtime.clock, runtime.stopping).running():
         return runtime.serve(ROUTING_KEYS, processor(runtime.factory, runtime.clock), periodic=[sweeper])

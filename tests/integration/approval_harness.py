@@ -26,7 +26,7 @@ __all__ = ["EventTap", "approval_running", "decided", "poll", "requested"]
 def approval_running(settings: Settings) -> Iterator[Runtime]:
     """jit-approval in this process, built as its main builds it, with the real Consumer on a thread."""
     runtime = Runtime.create(NAME, settings)
-    sweeper = Periodic("approval.sweeper", settings.sweep_interval_seconds,
+    sweeper = Periodic("sweeper", settings.sweep_interval_seconds,
                        lambda: cancel_expired_pending(runtime.factory, runtime.clock))
     with runtime.started(ROUTING_KEYS, processor(runtime.factory, runtime.clock), [sweeper]) as consumer, \
             running(consumer, join_timeout=20):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,33 @@ def test_reserved_families_and_case_are_accepted() -> None:
                                           "JIT_LOG_LEVEL": "DEBUG", "JIT_DATABASE_URL": "postgresql://jit@db/jit"})
     assert settings.log_level == "debug" and settings.database_url == "postgresql://jit@db/jit"
     assert Settings.from_environment({}) == Settings.from_environment({"PATH": "/bin"})
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def _documented_defaults() -> dict[str, str]:
+    """`| JIT_X | default |` rows (docs/elevator.md, docs/approval.md) and `name` (default) in docs/reaper.md."""
+    found: dict[str, str] = {}
+    for page in ("elevator.md", "approval.md", "reaper.md"):
+        text = (DOCS / page).read_text()
+        for name, value in re.findall(r"^\| `JIT_([A-Z_]+)` \| ([0-9.]+) \|", text, re.M):
+            found[name.lower()] = value
+        section = text.split("## Settings (JIT_*)", 1)[1].split("\n## ", 1)[0] if "## Settings (JIT_*)" in text else ""
+        for name, value in re.findall(r"`([a-z_]+)` \(([0-9.]+)", section):
+            found[name] = value
+    return found
+
+
+def test_the_documented_defaults_are_the_code_s() -> None:
+    documented = _documented_defaults()
+    assert {"lease_seconds", "winrm_deadline_seconds", "retry_in_process_seconds", "workers"} <= set(documented)
+    for name, value in documented.items():
+        assert float(value) == float(Settings.model_fields[name].default), f"{name}: docs say {value}"
+
+
+def test_the_documented_lease_rule_holds_for_the_defaults() -> None:
+    """docs/reaper.md: lease_seconds above one last call (winrm_deadline_seconds + 2 s, shared/winrm/client.py)."""
+    defaults = Settings.from_environment({})
+    assert defaults.lease_seconds > defaults.winrm_deadline_seconds + 2
+    assert "keep `lease_seconds` above one last call" in (DOCS / "reaper.md").read_text().replace("\n", " ")
