@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -102,7 +103,16 @@ def show(value: Any, now: datetime | None = None) -> str:
         return "-"
     if isinstance(value, datetime):
         return f"{value.astimezone(UTC):%Y-%m-%d %H:%M:%SZ} ({relative(value, now)})"
-    return str(value).replace("\n", " ")
+    return printable(str(value))
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal: line breaks and tabs as spaces, other control characters (escape
+    sequences, bidi overrides) shown escaped, so a hostile reason or host name cannot rewrite the screen."""
+    return _CONTROL.sub(lambda m: " " if m.group() in "\n\r\t" else f"\\u{ord(m.group()):04x}", text)
 
 
 def plain(value: Any) -> Any:

@@ -16,7 +16,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from jitctl.common import CliError, database, load_settings, print_json, publish
+from jitctl.common import CliError, database, load_settings, print_json, printable, publish
+from jitctl.identity import check_as
 from shared.cli import OK, REFUSED, TIMED_OUT, USAGE
 from shared.db.facts import user_facts
 from shared.db.models import AuditEntry
@@ -95,6 +96,7 @@ def check_decision(settings: Settings, request_id: str, approver: str) -> None:
         refusal = check_approver(approver, user_facts(session, approver), request.requester_id)
         if refusal is not None:
             raise CliError(f"{approver} may not decide {request_id}: {refusal}")
+        check_as(settings, session, approver, "elevation.decided")
 
 
 def wait_for_decision(settings: Settings, event_id: str, seconds: float) -> dict[str, Any]:
@@ -164,4 +166,5 @@ def _report(args: argparse.Namespace, result: dict[str, Any]) -> None:
         return
     print(f"published {result['published']} {result['event_id']}")
     if "outcome" in result:
-        print(f"{result['request_id']}: {result['outcome']}" + (f" ({result['reason']})" if result["reason"] else ""))
+        reason = f" ({printable(result['reason'])})" if result["reason"] else ""
+        print(f"{result['request_id']}: {result['outcome']}{reason}")

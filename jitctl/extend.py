@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from jitctl.common import CliError, database, load_settings, print_json, publish
+from jitctl.identity import check_as
 from shared.db.models import Extension, Request, User
 from shared.events import BadEvent, Event, new_event
 from shared.settings import Settings
@@ -83,6 +84,8 @@ def _check(settings: Settings, args: argparse.Namespace) -> None:
     with database(settings) as factory, factory() as session:
         if session.get(User, args.user) is None:
             raise CliError(f"unknown user {args.user!r}: --as must name a configured user")
+        check_as(settings, session, args.user,
+                 "elevation.decided" if args.approve or args.deny else "elevation.extend_requested")
         request = session.get(Request, args.request_id)
         if request is None:
             raise CliError(f"no request {args.request_id!r}")

@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from jitctl.common import CliError, database, load_settings, print_json, print_table, publish
 from jitctl.decide import POLL_SECONDS, add_wait
+from jitctl.identity import check_as
 from services.reaper.main import winrm_port
 from services.reaper.plan import make_plan
 from services.reaper.revocation import Revoker
@@ -73,6 +74,7 @@ def _check(settings: Settings, request_id: str, operator: str) -> Request:
     with database(settings) as factory, transaction(factory) as session:
         if session.get(User, operator) is None:
             raise CliError(f"unknown user {operator!r}: --as must name a configured user")
+        check_as(settings, session, operator, "elevation.revoke_requested")
         request = load(session, request_id)
         if request is None:
             raise CliError(f"no request {request_id!r}")

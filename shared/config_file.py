@@ -37,6 +37,8 @@ class UserSpec(Strict):
     id: str = Id
     kind: Literal["internal", "vendor_rep"]
     permissions: list[str] = []
+    # The RabbitMQ user this person decides, revokes and asks with (jitctl with their own credentials).
+    broker_user: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:\-]*$")
 
     @field_validator("permissions")
     @classmethod
@@ -232,6 +234,8 @@ def _duplicates(kind: str, ids: list[str]) -> list[str]:
 def cross_check(config: ConfigFile) -> list[str]:
     """The rules across items: unique ids, known references, one task per secret, checkout, WinRM."""
     problems = _duplicates("user", [u.id for u in config.users])
+    problems += [f"broker_user {b!r} belongs to more than one user; one person per broker user" for b, n
+                 in Counter(u.broker_user for u in config.users if u.broker_user).items() if n > 1]
     problems += _duplicates("credential provider", [p.id for p in config.credential_providers])
     problems += _duplicates("application", [a.id for a in config.applications])
     problems += _duplicates("secret", [s.id for s in config.secrets])

@@ -16,15 +16,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import cli, health, logs, metrics
+from shared import cli, health, logs, metrics, trust
 from shared.amqp.connection import CONNECTION_ERRORS, backoff_delay, close_quietly, connect
 from shared.amqp.consumer import Consumer, Delivery, Outcome
 from shared.amqp.deadletters import DeadLetterWatch
 from shared.amqp.publisher import Publisher
 from shared.clock import Clock, SystemClock
-from shared.db.engine import make_engine, session_factory
+from shared.db import audit
+from shared.db.engine import make_engine, session_factory, transaction
+from shared.db.models import User
 from shared.db.outbox import OutboxRelay
 from shared.events import BadEvent, Event, parse_event
 from shared.probes import ProbeServer
@@ -122,12 +125,10 @@ class Runtime:
                 log.warning("event.rejected", reason=str(exc), message_id=delivery.message_id,
                             routing_key=delivery.routing_key)
                 return Outcome.REJECT
-            allowed = self.settings.allowed_publishers(event.type)
-            if allowed is not None and delivery.user_id not in allowed:
-                log.warning("event.rejected", event_id=event.id, event_type=event.type, publisher=delivery.user_id,
-                            reason=f"{event.type} published by broker user {delivery.user_id!r}, "
-                                   f"not one of JIT_DECISION_PUBLISHERS")
-                return Outcome.REJECT
+            event = event.model_copy(update={"publisher": delivery.user_id})
+            refused = self._publisher_refusal(event)
+            if refused is not None:
+                return refused
             data = event.data
             with logs.bound(event_id=event.id, event_type=event.type, request_id=getattr(data, "request_id", None),
                             checkout_id=getattr(data, "checkout_id", None), host=getattr(data, "host", None)):
@@ -137,6 +138,32 @@ class Runtime:
                     self.relay.wake()
 
         return handle
+
+    def _publisher_refusal(self, event: Event) -> Outcome | None:
+        """None when the event's publisher may publish it (shared/trust.py); else audit, log and dead-letter it."""
+        field = trust.PERSON_FIELDS.get(event.type)
+        person = getattr(event.data, field) if field else None
+        reason = trust.refusal(event.type, event.publisher, self.settings.allowed_publishers(event.type), person,
+                               lambda who: self._broker_user_of(who))
+        if reason is None:
+            return None
+        data = event.data
+        log.warning("event.rejected", event_id=event.id, event_type=event.type, publisher=event.publisher,
+                    request_id=getattr(data, "request_id", None), reason=reason)
+
+        def audit_refusal(_: Event) -> None:
+            with transaction(self.factory) as session:
+                audit.record(session, at=self.clock.now(), action="event.refused", actor=event.publisher or "unknown",
+                             request_id=getattr(data, "request_id", None), event_id=event.id, reason=reason,
+                             details={"type": event.type, "daemon": self.name,
+                                      "data": data.model_dump(mode="json", exclude_none=True)})
+
+        self._process_with_backoff(audit_refusal, event)
+        return Outcome.REJECT
+
+    def _broker_user_of(self, person: str) -> str | None:
+        with self.factory() as session:
+            return session.scalar(select(User.broker_user).where(User.id == person))
 
     def _process_with_backoff(self, process: Callable[[Event], None], event: Event) -> Outcome:
         """Run `process`; while the database is unreachable, retry here with backoff instead of requeueing
@@ -275,7 +302,16 @@ def daemon_main(name: str, description: str, build: Callable[[Runtime], int]) ->
     missing = missing_sqlite_file(settings.database_url) if args.check else None
     if missing is not None:  # a probe must not create an empty database at a mistyped path
         cli.fail(f"jit-{name}", f"no database at {missing}: check JIT_DATABASE_URL, or run `jitctl db upgrade`")
+    if settings.publishers is None and not settings.allow_any_publisher:
+        cli.fail(f"jit-{name}", "no publisher mapping: set JIT_PUBLISHERS (`shipped` for the users of "
+                 "deploy/rabbitmq/definitions.json; docs/security.md), or JIT_ALLOW_ANY_PUBLISHER=true for "
+                 "development only", cli.USAGE)
     logs.configure(settings.log_level, settings.log_format, daemon=name, version=VERSION)
+    if settings.allow_any_publisher:
+        log.warning("trust.disabled", reason="JIT_ALLOW_ANY_PUBLISHER=true: events are accepted from any broker "
+                                             "user, and anyone can decide as anyone (development only)")
+    for warning in trust.plaintext_warnings(settings.amqp_url, settings.database_url):
+        log.warning("transport.plaintext", reason=warning)
     runtime = Runtime.create(name, settings)
     if args.check:
         raise SystemExit(check(runtime))

@@ -243,6 +243,8 @@ class Event(BaseModel):
     source: str
     time: datetime
     data: EventData
+    # The broker user that published it (RabbitMQ's validated `user_id`), set by the consumer; not on the wire.
+    publisher: str | None = None
 
     def to_json(self) -> bytes:
         body = {

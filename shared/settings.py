@@ -56,8 +56,21 @@ class Settings(BaseSettings):
     queue_type: Literal["quorum", "classic"] = Field(
         "quorum", description="quorum in production; classic only for throw-away single-node brokers (tests)")
     decision_publishers: str = Field(
-        "", description="comma-separated broker users allowed to publish elevation.decided (empty: any user); "
-                        "the broker vouches for the publishing user, so a decision can't come from elsewhere")
+        "", description="comma-separated broker users allowed to publish elevation.decided; when set it replaces "
+                        "that type's JIT_PUBLISHERS entry (kept for compatibility)")
+    publishers: str | None = Field(
+        None, description="who may publish each event type: `shipped` (the users of deploy/rabbitmq/definitions.json) "
+                          "and/or TYPE=USER[,USER];... (docs/security.md); unset: the daemons refuse to start")
+    allow_any_publisher: bool = Field(
+        False, description="development only: accept every event from any broker user (no JIT_PUBLISHERS needed)")
+    parked_decision_seconds: float = Field(
+        300.0, gt=0, description="jit-approval: a decision that arrives before its request is kept this long")
+    credential_env_prefix: str = Field(
+        "JIT_CRED_", min_length=1, description="`jitctl apply`: a credential provider's password_env must start "
+                                               "with this")
+    credential_directory: str = Field(
+        "/run/jit-credentials", description="`jitctl apply`: a password_file must be under this directory (or "
+                                            "start with ${CREDENTIALS_DIRECTORY}/)")
     max_event_bytes: int = Field(64 * 1024, ge=1024, description="larger message bodies are rejected")
     outbox_poll_seconds: float = Field(0.2, gt=0, description="how often the relay looks for unpublished events")
 
@@ -108,6 +121,15 @@ class Settings(BaseSettings):
     def _amqp_url(cls, value: str) -> str:
         return check_amqp_url(value)
 
+    @field_validator("publishers")
+    @classmethod
+    def _publishers(cls, value: str | None) -> str | None:
+        from shared.trust import parse_mapping
+
+        if value is not None:
+            parse_mapping(value)
+        return value
+
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """The settings of this process; SettingsError names each unknown or invalid JIT_* variable."""
@@ -123,10 +145,18 @@ class Settings(BaseSettings):
         return settings
 
     def allowed_publishers(self, event_type: str) -> frozenset[str] | None:
-        """Broker users allowed to publish `event_type`, or None when any user may."""
+        """Broker users allowed to publish `event_type` (shared/trust.py); None only with allow_any_publisher.
+
+        Without a mapping nobody is allowed: the daemons refuse to start before it matters.
+        """
+        from shared.trust import parse_mapping
+
+        if self.allow_any_publisher:
+            return None
         if event_type == "elevation.decided" and self.decision_publishers.strip():
             return frozenset(u.strip() for u in self.decision_publishers.split(",") if u.strip())
-        return None
+        mapping = parse_mapping(self.publishers) if self.publishers is not None else {}
+        return mapping.get(event_type, frozenset())
 
     def queue(self, daemon: str) -> str:
         return f"{self.queue_prefix}.{daemon}"

@@ -31,6 +31,7 @@ from shared.db.migrate import upgrade
 from shared.db.models import Base
 from shared.routes import delete_all
 from shared.settings import Settings
+from shared.trust import broker_user, everyone_as
 
 RUN_ID = uuid.uuid4().hex[:10]
 REPO = Path(__file__).resolve().parent.parent
@@ -155,6 +156,9 @@ def settings(amqp_run_url: str, database_url: str) -> Iterator[Settings]:
         queue_type="classic", sweep_interval_seconds=0.2, outbox_poll_seconds=0.05, retry_initial_seconds=0.05,
         retry_max_seconds=0.5, retry_in_process_seconds=1.0, winrm_operation_timeout_seconds=2,
         winrm_read_timeout_seconds=4, winrm_deadline_seconds=10.0, shutdown_grace_seconds=10.0,
+        # An explicit mapping naming the run's one broker user for every type (not the development flag):
+        # tests of the trust boundaries (tests/integration/test_trust*.py) use distinct users of their own.
+        publishers=everyone_as(broker_user(amqp_run_url)),
     )
     yield test_settings
     try:

@@ -35,6 +35,7 @@ from shared.db.migrate import upgrade
 from shared.logs import hide_password
 from shared.routes import delete_all
 from shared.settings import Settings
+from shared.trust import broker_user, everyone_as
 
 DAEMONS = ("approval", "elevator", "reaper")
 ADDRESSES = ["127.0.0.2", "127.0.0.3"]
@@ -66,6 +67,9 @@ def demo_settings(folder: Path) -> Settings:
         "sweep_interval_seconds": 0.5, "retry_initial_seconds": 0.2, "retry_max_seconds": 2.0,
         "retry_in_process_seconds": 2.0, "winrm_operation_timeout_seconds": 2, "winrm_read_timeout_seconds": 4,
         "winrm_deadline_seconds": 8.0, "stall_threshold_seconds": 60.0, "lease_seconds": 20.0,
+        # Every demo component shares the URL's one broker user: an explicit mapping naming it, not the
+        # development flag (docs/security.md).
+        "publishers": everyone_as(broker_user(Settings().amqp_url)),
     })
 
 

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.approval import extensions, votes
+from services.approval import extensions, parked, votes
 from services.approval.effects import approve, cancel, deny, lock_request
 from services.approval.votes import Vote
 from shared.db import audit
 from shared.db.facts import is_checked_in, secret_facts, user_facts
-from shared.db.models import AuditEntry, Request, Task
+from shared.db.models import Request, Task
 from shared.db.transitions import Cause, load
 from shared.events import ElevationDecided, Event
 from shared.logs import get_logger
@@ -28,7 +27,7 @@ from shared.rules import POLICY, Outcome, check_approver, eligibility, tally
 from shared.states import State
 
 log = get_logger()
-PARKED = "decision.parked"
+PARKED = parked.PARKED
 DECISION_TIMEOUT = "decision_timeout"
 
 __all__ = ["Vote", "apply_parked", "apply_vote", "on_decided"]
@@ -41,24 +40,16 @@ def on_decided(session: Session, event: Event, now: datetime) -> None:
     lock_request(session, data.request_id)
     row = load(session, data.request_id)
     if row is None:
-        # Delivery is in any order: the request may still be on its way. Keep the decision for it.
-        audit.record(session, at=now, action=PARKED, actor=vote.approver_id, request_id=data.request_id,
-                     event_id=event.id, reason="request not recorded yet; applied when it arrives",
-                     details={"decision": vote.decision, "reason": vote.reason, "extension_id": vote.extension_id})
-        log.info(PARKED, request_id=data.request_id, approver_id=vote.approver_id, decision=vote.decision)
+        # Delivery is in any order: the request may still be on its way. Keep the decision for it, a while.
+        parked.park(session, data.request_id, vote, event.publisher, now)
         return
     apply_vote(session, row, vote, now)
 
 
-def apply_parked(session: Session, row: Request, now: datetime) -> None:
-    """Apply decisions that arrived before `row` was recorded, oldest first."""
-    parked = session.scalars(
-        select(AuditEntry).where(AuditEntry.request_id == row.id, AuditEntry.action == PARKED).order_by(AuditEntry.id)
-    ).all()
-    for entry in parked:
-        details = entry.details or {}
-        apply_vote(session, row, Vote(entry.event_id or "", entry.actor, str(details.get("decision")),
-                                      details.get("reason"), details.get("extension_id")), now)
+def apply_parked(session: Session, row: Request, now: datetime, seconds: float = parked.DEFAULT_SECONDS) -> None:
+    """Apply decisions that arrived before `row` was recorded, oldest first; drop (audited) stale ones."""
+    for vote in list(parked.take(session, row, now, seconds)):
+        apply_vote(session, row, vote, now)
 
 
 def apply_vote(session: Session, row: Request, vote: Vote, now: datetime) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.approval import parked
 from services.approval.decisions import on_decided
 from services.approval.extensions import on_extend_requested
 from services.approval.requests import on_requested
@@ -36,14 +38,17 @@ HANDLERS: dict[str, Callable[[Session, Event, datetime], None]] = {
 log = get_logger()
 
 
-def processor(factory: sessionmaker[Session], clock: Clock) -> Callable[[Event], None]:
+def processor(factory: sessionmaker[Session], clock: Clock,
+              parked_seconds: float = parked.DEFAULT_SECONDS) -> Callable[[Event], None]:
+    handlers = HANDLERS | {"elevation.requested": partial(on_requested, parked_seconds=parked_seconds)}
+
     def process(event: Event) -> None:
         now = clock.now()
         with transaction(factory) as session:
             if not inbox.first_time(session, NAME, event.id, now):
                 log.info("event.duplicate")
                 return
-            HANDLERS[event.type](session, event, now)
+            handlers[event.type](session, event, now)
 
     return process
 
@@ -51,8 +56,12 @@ def processor(factory: sessionmaker[Session], clock: Clock) -> Callable[[Event],
 def build(runtime: Runtime) -> int:
     sweeper = Periodic("sweeper", runtime.settings.sweep_interval_seconds,
                        lambda: cancel_expired_pending(runtime.factory, runtime.clock))
+    seconds = runtime.settings.parked_decision_seconds
+    drops = Periodic("parked", min(seconds / 2, 30.0),
+                     lambda: parked.drop_expired(runtime.factory, runtime.clock, seconds))
     with StatusServer(runtime.settings, runtime.factory, runtime.clock, runtime.stopping).running():
-        return runtime.serve(ROUTING_KEYS, processor(runtime.factory, runtime.clock), periodic=[sweeper])
+        return runtime.serve(ROUTING_KEYS, processor(runtime.factory, runtime.clock, seconds),
+                             periodic=[sweeper, drops])
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from services.approval.decisions import apply_parked
 from services.approval.effects import approve, lock_request, record_denied
+from services.approval.parked import DEFAULT_SECONDS
 from shared.db import audit
 from shared.db.facts import request_facts, task_of
 from shared.db.models import Request, Secret
@@ -45,7 +46,7 @@ def new_row(session: Session, data: ElevationRequested, now: datetime) -> Reques
     )
 
 
-def on_requested(session: Session, event: Event, now: datetime) -> None:
+def on_requested(session: Session, event: Event, now: datetime, parked_seconds: float = DEFAULT_SECONDS) -> None:
     data = event.data
     assert isinstance(data, ElevationRequested)
     lock_request(session, data.request_id)
@@ -75,4 +76,4 @@ def on_requested(session: Session, event: Event, now: datetime) -> None:
         approve(session, row, approver_id=POLICY, window_seconds=facts.secret.task.approval_window_seconds, now=now,
                 cause=Cause(POLICY, event.id, decision.reason), policy=NOT_REQUIRED_POLICY)
         return
-    apply_parked(session, row, now)
+    apply_parked(session, row, now, parked_seconds)

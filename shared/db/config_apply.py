@@ -293,7 +293,8 @@ def _apply_applications(session: Session, config: ConfigFile, summary: Summary, 
 def _apply_users(session: Session, config: ConfigFile, summary: Summary, progress: Progress) -> None:
     for n, u in enumerate(config.users, start=1):
         progress("users", n, len(config.users))
-        _upsert(session, summary, f"user {u.id}", User, u.id, {"id": u.id, "kind": u.kind})
+        _upsert(session, summary, f"user {u.id}", User, u.id,
+                {"id": u.id, "kind": u.kind, "broker_user": u.broker_user})
         session.flush()
         have = set(session.scalars(select(UserPermission.permission).where(UserPermission.user_id == u.id)))
         want = set(u.permissions)

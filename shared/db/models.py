@@ -73,7 +73,10 @@ class User(Base):
     __tablename__ = "users"
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
-    __table_args__ = (CheckConstraint("kind IN ('internal', 'vendor_rep')", name="kind"),)
+    # The RabbitMQ user this person publishes their own decisions with (shared/trust.py); one person each.
+    broker_user: Mapped[str | None] = mapped_column(String(128))
+    __table_args__ = (CheckConstraint("kind IN ('internal', 'vendor_rep')", name="kind"),
+                      Index("ix_users_broker_user", "broker_user", unique=True))
 
 
 class UserPermission(Base):
@@ -371,7 +374,8 @@ class AuditEntry(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # `jitctl audit --actor`: newest first on the actor's own entries.
-    __table_args__ = (Index("ix_audit_actor_listing", "actor", "id"),)
+    # Parked decisions past their time (services/approval/parked.py): by action, oldest first.
+    __table_args__ = (Index("ix_audit_actor_listing", "actor", "id"), Index("ix_audit_action_at", "action", "at"))
 
 
 class OutboxEvent(Base):
