@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select, tuple_
 
 from jitctl.common import CliError, database, load_settings, print_json
 from jitctl.listing import add_page_options, output, rows
@@ -87,8 +87,8 @@ def list_requests(args: argparse.Namespace) -> int:
             after = session.get(Request, args.cursor)
             if after is None:
                 raise CliError(f"--cursor {args.cursor}: no such request (give the last id a page printed)", USAGE)
-            stmt = stmt.where(or_(Request.requested_at < after.requested_at,
-                                  and_(Request.requested_at == after.requested_at, Request.id < after.id)))
+            # A row-value comparison: both engines turn it into one range on ix_requests_listing.
+            stmt = stmt.where(tuple_(Request.requested_at, Request.id) < tuple_(after.requested_at, after.id))
         return output(args, rows(session, stmt, args.limit, request_dict), key="request_id",
                       columns=REQUEST_COLUMNS, shrink=("reason", "secret_id", "host"), empty="no requests")
 
