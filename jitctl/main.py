@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from jitctl import completion, config, decide, demo, extend, ledger, query, revoke
 from jitctl.common import CliError
 from shared import logs
-from shared.cli import EXIT_CODES, INTERRUPTED, OneLineParser, add_version
+from shared.cli import EXIT_CODES, FAILED, INTERRUPTED, OneLineParser, add_version
+from shared.logs import hide_password
 
 COMMAND_MODULES = [config, decide, query, revoke, extend, ledger, demo, completion]
 
@@ -53,6 +54,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         # `jitctl requests | head -2`: the reader has what it wanted. Stop quietly, like other filters.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
+    except Exception as exc:  # a bug, or a failure no command foresaw: still one line, not a traceback
+        detail = hide_password(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
+        print(f"jitctl {args.command}: unexpected {type(exc).__name__}: {detail} (set JITCTL_TRACEBACK=1 to see "
+              "where; please report it)", file=sys.stderr)
+        if os.environ.get("JITCTL_TRACEBACK"):
+            raise
+        code = FAILED
     raise SystemExit(code)
 
 

@@ -5,6 +5,7 @@ page, and the conventions (--version, --json, exit codes, completion)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -282,3 +283,25 @@ def test_publish_checks_what_the_daemons_check(settings: Settings, tmp_path: Pat
         assert {e["data"]["checkout_id"] for e in seen} == {"co-1", "co-2"}
     finally:
         tap.close()
+
+
+@sqlite_only
+def test_a_daemon_logs_its_name_and_version_on_every_line(settings: Settings) -> None:
+    from shared.version import VERSION
+
+    proc = subprocess.Popen([str(BIN / "jit-approval")], env=settings_env(settings) | {"JIT_LOG_FORMAT": "json"},
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(json.loads(line))
+            if lines[-1]["event"] == "daemon.started":
+                break
+        assert lines and lines[-1]["event"] == "daemon.started", lines
+        assert all(entry["daemon"] == "approval" and entry["version"] == VERSION for entry in lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        if proc.stderr is not None:
+            proc.stderr.close()

@@ -52,3 +52,20 @@ def test_a_password_never_reaches_a_log_line(lines) -> None:  # type: ignore[no-
 
 def test_hide_password_for_messages() -> None:
     assert logs.hide_password(f"amqp://guest:{PASSWORD}@h:5672/v") == "amqp://guest:[redacted]@h:5672/v"
+
+
+def test_a_daemon_s_name_and_version_are_on_every_line_from_every_thread(capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    logs.configure("info", "json", daemon="reaper", version="1.2.3")
+    log = logs.get_logger()
+    log.info("daemon.started", queue="jit.reaper")
+    worker = threading.Thread(target=lambda: log.error("revocation.crashed"))
+    worker.start()
+    worker.join()
+    log.info("elevation.revoked", daemon="override")
+    first, second, third = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert (first["daemon"], first["version"], first["event"]) == ("reaper", "1.2.3", "daemon.started")
+    assert (second["daemon"], second["version"]) == ("reaper", "1.2.3")
+    assert third["daemon"] == "override"  # a line's own field wins
+    logs.configure("debug", "json")
