@@ -11,8 +11,9 @@ import contextlib
 import os
 import random
 import socket
+import ssl
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
@@ -21,6 +22,8 @@ import pika.exceptions
 DEFAULT_HEARTBEAT_SECONDS = 30
 # With a resource alarm the broker blocks publishers; give up after this long rather than hang forever.
 DEFAULT_BLOCKED_CONNECTION_TIMEOUT_SECONDS = 60.0
+
+TLS_FILES = ("cafile", "certfile", "keyfile")
 
 BACKOFF_INITIAL_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 10.0
@@ -36,9 +39,20 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def connection_parameters(url: str, *, name: str) -> pika.URLParameters:
-    """The URL's parameters; heartbeat and blocked_connection_timeout default unless the URL sets them."""
+    """The URL's parameters; heartbeat and blocked_connection_timeout default unless the URL sets them.
+
+    `amqps://`: the server's certificate is verified against the system CAs, or `cafile=PATH`, and its
+    name against the URL's host; `certfile=PATH` (and `keyfile=PATH`) present a client certificate.
+    """
+    url, tls = _tls_query(url)
     params = pika.URLParameters(url)
-    query = parse_qs(urlsplit(url).query)
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if parts.scheme == "amqps" and "ssl_options" not in query:
+        context = ssl.create_default_context(cafile=tls.get("cafile"))
+        if "certfile" in tls:
+            context.load_cert_chain(tls["certfile"], tls.get("keyfile"))
+        params.ssl_options = pika.SSLOptions(context, server_hostname=parts.hostname)
     if "heartbeat" not in query:
         params.heartbeat = DEFAULT_HEARTBEAT_SECONDS
     if "blocked_connection_timeout" not in query:
@@ -48,6 +62,15 @@ def connection_parameters(url: str, *, name: str) -> pika.URLParameters:
     properties["connection_name"] = f"{name} {socket.gethostname()}:{os.getpid()}"
     params.client_properties = properties
     return params
+
+
+def _tls_query(url: str) -> tuple[str, dict[str, str]]:
+    """Take our TLS file options (`cafile`, `certfile`, `keyfile`) out of the URL's query: pika knows none."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    tls = {k: v for k, v in pairs if k in TLS_FILES}
+    rest = urlencode([(k, v) for k, v in pairs if k not in TLS_FILES])
+    return urlunsplit(parts._replace(query=rest)), tls
 
 
 def connect(url: str, *, name: str) -> pika.BlockingConnection:
