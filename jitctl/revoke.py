@@ -65,7 +65,8 @@ def run(args: argparse.Namespace, port: WinRMPort | None = None) -> int:
     if not args.reason.strip():
         raise CliError("--reason must say why (it is kept in the audit trail)", USAGE)
     if args.force:
-        return force(settings, args.request_id, args.operator, args.reason, port or winrm_port(settings))
+        return force(settings, args.request_id, args.operator, args.reason, port or winrm_port(settings),
+                     as_json=getattr(args, "json", False))
     return request_revoke(settings, args.request_id, args.operator, args.reason, wait=args.wait,
                           as_json=getattr(args, "json", False))
 
@@ -123,7 +124,8 @@ def wait_until_ended(settings: Settings, request_id: str, seconds: float) -> str
             time.sleep(POLL_SECONDS)
 
 
-def force(settings: Settings, request_id: str, operator: str, reason: str, port: WinRMPort) -> int:
+def force(settings: Settings, request_id: str, operator: str, reason: str, port: WinRMPort, *,
+          as_json: bool = False) -> int:
     request = _check(settings, request_id, operator)
     if request.state != State.REVOKING.value or request.stalled_at is None:
         raise CliError(f"request {request_id} is {request.state}"
@@ -147,10 +149,17 @@ def force(settings: Settings, request_id: str, operator: str, reason: str, port:
         done = revoker.finish(plan, outcome, tries=1, cause=Cause(actor=operator, reason=reason),
                               extra={"forced": True, "host_said": host_said})
     if not done:
-        print(f"{request_id} was not marked: it had already ended, or an elevator's add may still land "
-              f"(see `jitctl audit --request {request_id}`)")
+        if as_json:
+            print_json({"request_id": request_id, "marked": None, "host_said": host_said})
+        else:
+            print(f"{request_id} was not marked: it had already ended, or an elevator's add may still land "
+                  f"(see `jitctl audit --request {request_id}`)")
         return 0
-    print(f"{request_id} marked {'FAILED' if plan.failed else 'REVOKED'} by {operator}: host said {host_said}")
+    marked = "FAILED" if plan.failed else "REVOKED"
+    if as_json:
+        print_json({"request_id": request_id, "marked": marked, "host_said": host_said})
+    else:
+        print(f"{request_id} marked {marked} by {operator}: host said {host_said}")
     return 0
 
 

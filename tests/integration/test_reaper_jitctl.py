@@ -103,8 +103,12 @@ def test_force_marks_revoked_only_after_the_host_confirms(sim: SimulatedHost, fa
     rid = stalled(factory)
     if not member:
         sim.unseed_member(ADMINS, ACCOUNT)  # someone took it out by hand; the host is asked all the same
-    code, _, err = jitctl(capsys, "revoke", rid, "--force", "--as", "carol", "--reason", "fixed the firewall")
+    as_json = () if member else ("--json",)
+    code, out, err = jitctl(capsys, "revoke", rid, "--force", "--as", "carol", "--reason", "fixed the firewall",
+                            *as_json)
     assert code == 0, err
+    if as_json:
+        assert json.loads(out) == {"request_id": rid, "marked": "REVOKED", "host_said": "not a member"}
     assert request(factory, rid).state == State.REVOKED.value and sim.members(ADMINS) == set()
     last = audit(factory, rid)[-1]
     assert (last.actor, last.reason, last.details["forced"]) == ("carol", "fixed the firewall", True)
