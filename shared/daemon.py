@@ -98,7 +98,8 @@ class Runtime:
     def create(cls, name: str, settings: Settings) -> Runtime:
         factory = session_factory(make_engine(settings.database_url))
         publisher = Publisher(settings)
-        relay = OutboxRelay(factory, publisher, poll_seconds=settings.outbox_poll_seconds)
+        relay = OutboxRelay(factory, publisher, poll_seconds=settings.outbox_poll_seconds,
+                            types=trust.publishable(settings))
         return cls(name=name, settings=settings, factory=factory, publisher=publisher, relay=relay)
 
     def handler(self, routing_keys: Sequence[str], process: Callable[[Event], None]) -> Callable[[Delivery], Outcome]:

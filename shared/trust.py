@@ -20,9 +20,13 @@ import functools
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from shared.events import EVENT_TYPES, STATUS_QUERY
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 SHIPPED_WORD = "shipped"
 WORKFLOW, REQUESTS_TAB, JITCTL = "jit-workflow", "jit-requests-tab", "jitctl"
@@ -39,7 +43,7 @@ SHIPPED: dict[str, tuple[str, ...]] = {
     "elevation.denied": (APPROVAL,),
     "elevation.cancelled": (APPROVAL, REAPER),
     "elevation.elevated": (ELEVATOR,),
-    "elevation.failed": (ELEVATOR,),
+    "elevation.failed": (ELEVATOR, REAPER),
     "secret.checked_in": (WORKFLOW,),
     "elevation.expired": (REAPER, WORKFLOW),
     "elevation.revoke_requested": (),
@@ -51,6 +55,7 @@ SHIPPED: dict[str, tuple[str, ...]] = {
     "membership.drift": (REAPER,),
     STATUS_QUERY: (WORKFLOW,),
 }
+SHIPPED_USERS = (APPROVAL, ELEVATOR, REAPER, WORKFLOW, REQUESTS_TAB, JITCTL)
 PERSON_FIELDS: dict[str, str] = {
     "elevation.decided": "approver_id",
     "elevation.revoke_requested": "operator_id",
@@ -119,6 +124,14 @@ def refusal(event_type: str, publisher: str | None, allowed: frozenset[str] | No
     whose = f"{person}'s broker user is {own!r}" if own else f"{person} has no broker_user (users[].broker_user)"
     return (f"{event_type} published by {who} with {field} {person}: not one of its publishers ({listed}; "
             f"JIT_PUBLISHERS), and {whose}: a person may only speak for themselves")
+
+
+def publishable(settings: Settings) -> frozenset[str] | None:
+    """The event types this process's broker user may publish (its outbox relay claims only those);
+    None when it may publish every type."""
+    me = broker_user(settings.amqp_url)
+    types = frozenset(t for t in EVENT_TYPES if (allowed := settings.allowed_publishers(t)) is None or me in allowed)
+    return None if types == frozenset(EVENT_TYPES) else types
 
 
 def is_loopback(host: str | None) -> bool:

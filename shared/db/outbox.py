@@ -9,6 +9,7 @@ crash between the publish and the mark publishes the event again, which consumer
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -34,7 +35,8 @@ def enqueue(session: Session, event: Event) -> None:
                             created_at=datetime.now(UTC), attempts=0))
 
 
-def publish_pending(factory: sessionmaker[Session], publisher: PublishPort, *, batch: int = 100) -> int:
+def publish_pending(factory: sessionmaker[Session], publisher: PublishPort, *, batch: int = 100,
+                    types: Collection[str] | None = None) -> int:
     """Publish up to `batch` unpublished events in order; returns how many were published.
 
     Rows are claimed for `CLAIM_SECONDS` in one short transaction, published with no transaction
@@ -42,7 +44,7 @@ def publish_pending(factory: sessionmaker[Session], publisher: PublishPort, *, b
     stall every writer), then marked in another. A relay that dies in between leaves its claim to
     expire, and another relay publishes those rows again: at least once, which inboxes absorb.
     """
-    rows = _claim(factory, batch)
+    rows = _claim(factory, batch, types)
     published: list[int] = []
     failed: tuple[int, str] | None = None
     for row_id, event_type, body, event_id in rows:
@@ -69,13 +71,16 @@ def publish_pending(factory: sessionmaker[Session], publisher: PublishPort, *, b
     return len(published)
 
 
-def _claim(factory: sessionmaker[Session], batch: int) -> list[tuple[int, str, bytes, str]]:
+def _claim(factory: sessionmaker[Session], batch: int,
+           types: Collection[str] | None = None) -> list[tuple[int, str, bytes, str]]:
     now = datetime.now(UTC)
     with transaction(factory) as session:
         stmt = (select(OutboxEvent.id, OutboxEvent.type, OutboxEvent.body, OutboxEvent.event_id)
                 .where(OutboxEvent.published_at.is_(None),
                        or_(OutboxEvent.claimed_until.is_(None), OutboxEvent.claimed_until < now))
                 .order_by(OutboxEvent.id).limit(batch))
+        if types is not None:  # the types this relay's broker user may publish (shared/trust.py)
+            stmt = stmt.where(OutboxEvent.type.in_(sorted(types)))
         if session.get_bind().dialect.name == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)
         rows = [(r.id, r.type, r.body, r.event_id) for r in session.execute(stmt)]
@@ -88,8 +93,11 @@ def _claim(factory: sessionmaker[Session], batch: int) -> list[tuple[int, str, b
 class OutboxRelay:
     """Publishes the outbox in the background until stopped; `wake()` after a commit cuts latency."""
 
-    def __init__(self, factory: sessionmaker[Session], publisher: PublishPort, *, poll_seconds: float = 0.2) -> None:
+    def __init__(self, factory: sessionmaker[Session], publisher: PublishPort, *, poll_seconds: float = 0.2,
+                 types: Collection[str] | None = None) -> None:
         self._factory = factory
+        # Only the event types this daemon's broker user may publish; None: all (one shared user).
+        self._types = types
         self._publisher = publisher
         self._poll = poll_seconds
         self._wake = threading.Event()
@@ -113,7 +121,8 @@ class OutboxRelay:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                while publish_pending(self._factory, self._publisher) and not self._stop.is_set():
+                while publish_pending(self._factory, self._publisher, types=self._types) \
+                        and not self._stop.is_set():
                     pass
                 failures = 0
             except Exception as exc:  # database or broker down: back off and keep going
@@ -121,6 +130,6 @@ class OutboxRelay:
                 log.error("outbox.relay.failed", error=str(exc), attempt=failures)
             self._wake.wait(min(self._poll * (2 ** min(failures, 5)), 10.0))
         try:  # drain what the last handlers committed before we exit
-            publish_pending(self._factory, self._publisher)
+            publish_pending(self._factory, self._publisher, types=self._types)
         except Exception as exc:
             log.error("outbox.relay.failed", error=str(exc), phase="shutdown")
