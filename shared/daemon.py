@@ -177,6 +177,9 @@ class Runtime:
             except Retry as exc:
                 log.warning("event.requeued", reason=str(exc))
                 return Outcome.REQUEUE
+            except sa_exc.DataError as exc:  # a value the database refuses: every delivery would fail the same way
+                log.error("event.rejected", reason=f"the database refused a value: {str(exc).splitlines()[0][:300]}")
+                return Outcome.REJECT
             except TRANSIENT_DATABASE_ERRORS as exc:
                 delay = backoff_delay(failures)
                 failures += 1

@@ -34,9 +34,21 @@ def _check_id(value: str) -> str:
     return value
 
 
+# Times outside these years are refused: far ones overflow on conversion to UTC or in the database.
+YEARS = range(1970, 2200)
+# JSON nested deeper than this is refused before validation (events are at most a few levels deep).
+MAX_DEPTH = 32
+
+
+def _check_time(value: datetime) -> datetime:
+    if value.year not in YEARS:
+        raise ValueError(f"out of range: a time must be between {YEARS.start} and {YEARS.stop}")
+    return value
+
+
 Identifier = Annotated[str, AfterValidator(_check_id)]
 Text = Annotated[str, Field(max_length=2000)]
-Timestamp = AwareDatetime
+Timestamp = Annotated[AwareDatetime, AfterValidator(_check_time)]
 
 
 class BadEvent(ValueError):
@@ -293,8 +305,13 @@ def parse_event(
         raw = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadEvent(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadEvent(f"body is nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(raw, dict):
         raise BadEvent(f"body must be a JSON object (a CloudEvent), got {type(raw).__name__}")
+    hostile = hostile_value(raw)
+    if hostile is not None:
+        raise BadEvent(f"event {str(raw.get('id'))[:128]!r}: {hostile}")
     try:
         envelope = Envelope.model_validate(raw)
     except ValidationError as exc:
@@ -309,6 +326,26 @@ def parse_event(
     except ValidationError as exc:
         raise BadEvent(f"{envelope.type} {envelope.id}: {_describe(exc)}") from None
     return Event(id=envelope.id, type=envelope.type, source=envelope.source, time=envelope.time or utcnow(), data=data)
+
+
+def hostile_value(raw: Any) -> str | None:
+    """Why a parsed body is refused before validation: nesting deeper than MAX_DEPTH, or a NUL character
+    (PostgreSQL text cannot hold one: the insert would fail on every delivery). None when neither."""
+    stack: list[tuple[Any, str, int]] = [(raw, "body", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels at {where}"
+        if isinstance(value, str) and "\x00" in value:
+            return f"NUL character in {where}"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    return f"NUL character in a key of {where}"
+                stack.append((item, f"{where}.{key}"[:200], depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]"[:200], depth + 1) for i, item in enumerate(value))
+    return None
 
 
 def _describe(exc: ValidationError) -> str:
