@@ -22,6 +22,7 @@ from jitctl.common import CliError, broker_message, database, database_error, lo
 from shared.amqp.publisher import Publisher
 from shared.cli import FAILED, OK, USAGE
 from shared.config_file import ConfigError, ConfigFile, load_config
+from shared.containment import credential_problems
 from shared.db.config_apply import ApplyRefused, Summary, apply_config, plan_config
 from shared.db.engine import make_engine, transaction
 from shared.db.migrate import alembic_config, upgrade
@@ -147,6 +148,8 @@ def apply_file(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CliError(f"{name}: {exc}", USAGE) from None
     settings = load_settings()
+    if contained := credential_problems(config, settings):
+        raise CliError(f"{name}: {ConfigError(contained)}", USAGE)
     progress = _Progress(_items(config))
     progress.note(f"{name}: {_items(config)} items, valid")
     if args.diff or args.dry_run:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"
-_PREFIXES = ("$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/")
+CREDENTIALS_PREFIXES = ("$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/")
 
 
 class CredentialError(Exception):
@@ -26,14 +26,18 @@ class CredentialError(Exception):
 
 def password_path(provider_id: str, password_file: str, environ: Mapping[str, str]) -> Path:
     """The file to read: `password_file` itself, or under this process's `$CREDENTIALS_DIRECTORY`."""
-    for prefix in _PREFIXES:
+    for prefix in CREDENTIALS_PREFIXES:
         if password_file.startswith(prefix):
             directory = environ.get(CREDENTIALS_DIRECTORY, "")
             if not directory or not Path(directory).is_absolute():
                 raise CredentialError(
                     f"credential provider {provider_id!r}: password file {password_file} needs "
                     f"{CREDENTIALS_DIRECTORY} (set by systemd's LoadCredential=, or by the pod spec)")
-            return Path(directory) / password_file.removeprefix(prefix)
+            name = password_file.removeprefix(prefix)
+            if not name or name.startswith("/") or ".." in name.split("/"):  # stays inside the directory
+                raise CredentialError(f"credential provider {provider_id!r}: password file {password_file} "
+                                      f"leaves {CREDENTIALS_DIRECTORY}")
+            return Path(directory) / name
     return Path(password_file)
 
 

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         "JIT_CRED_", min_length=1, description="`jitctl apply`: a credential provider's password_env must start "
                                                "with this")
     credential_directory: str = Field(
-        "/run/jit-credentials", description="`jitctl apply`: a password_file must be under this directory (or "
+        "/run/secrets", description="`jitctl apply`: a password_file must be under this directory (or "
                                             "start with ${CREDENTIALS_DIRECTORY}/)")
     max_event_bytes: int = Field(64 * 1024, ge=1024, description="larger message bodies are rejected")
     outbox_poll_seconds: float = Field(0.2, gt=0, description="how often the relay looks for unpublished events")

@@ -70,6 +70,7 @@ def demo_settings(folder: Path) -> Settings:
         # Every demo component shares the URL's one broker user: an explicit mapping naming it, not the
         # development flag (docs/security.md).
         "publishers": everyone_as(broker_user(Settings().amqp_url)),
+        "credential_env_prefix": "JIT_DEMO_",  # the demo's password variable is JIT_DEMO_PASSWORD
     })
 
 
