@@ -25,6 +25,7 @@ from shared.db.engine import transaction
 from shared.db.models import Request, Task
 from shared.events import Event
 from shared.settings import Settings
+from shared.trust import broker_user
 from tests.factories import HostSpec, seed_config
 from tests.integration.approval_harness import approval_running, decided, poll, requested
 
@@ -45,7 +46,8 @@ class World:
         self.settings, self.factory, self.servers = settings, factory, servers
         self.connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
         self.channel = self.connection.channel()
-        self.client = load_client_module().StatusClient(self.channel, exchange=settings.exchange)
+        self.client = load_client_module().StatusClient(self.channel, exchange=settings.exchange,
+                                                        user_id=broker_user(settings.amqp_url))
         self.publisher = Publisher(settings)
 
     def ask(self, secret_id: str = "sec-0-0", user_id: str = "alice",  # noqa: S107 - ids, not passwords
@@ -145,7 +147,8 @@ def test_a_malformed_query_gets_an_error_reply(world: World, body: bytes, error:
         {p.correlation_id: json.loads(b)}), auto_ack=True)
     cid = str(uuid.uuid4())
     channel.basic_publish(world.settings.exchange, "status.query", body, pika.BasicProperties(
-        reply_to="amq.rabbitmq.reply-to", correlation_id=cid, content_type="application/json"))
+        reply_to="amq.rabbitmq.reply-to", correlation_id=cid, content_type="application/json",
+        user_id=broker_user(world.settings.amqp_url)))
     poll(lambda: (world.connection.process_data_events(time_limit=0.1), cid in replies)[1], 10, "error reply")
     assert list(replies[cid]) == ["error"] and error in replies[cid]["error"]
     assert world.ask()["status"] == "NOT_REQUESTED"  # and the replicas keep answering
