@@ -34,6 +34,7 @@ from shared.db.migrate import upgrade
 from shared.events import format_time, new_event
 from shared.routes import delete_all
 from shared.settings import Settings
+from shared.trust import broker_user, everyone_as
 from shared.winrm import Credentials, HostEndpoint, MembershipClient
 from tests.factories import ADMINISTRATORS, PASSWORD_ENV, HostSpec, make_request, seed_config
 from winrm_sim import SimulatedHost
@@ -135,7 +136,7 @@ def main() -> None:
         with SimulatedHost(users={"svc-jit": PASSWORD}) as sim:
             upgrade(url)
             settings = Settings(amqp_url=args.amqp_url, database_url=url, exchange=f"{name}.events",
-                                queue_prefix=name)
+                                queue_prefix=name, publishers=everyone_as(broker_user(args.amqp_url)))
             latencies = measure(settings, args.requests, sim)
             baseline = raw_baseline(sim, args.requests)
     finally:

@@ -36,6 +36,7 @@ from shared.db.models import Request
 from shared.events import new_event
 from shared.routes import delete_all
 from shared.settings import Settings
+from shared.trust import broker_user, everyone_as
 from shared.winrm import MembershipClient
 from tests.factories import PASSWORD_ENV, HostSpec, make_grant, seed_config
 from winrm_sim import ADMINISTRATORS, SimulatedHost
@@ -65,7 +66,7 @@ def main() -> None:
     logs = tempfile.TemporaryDirectory(prefix="jit-bench-")
     name = f"bench{uuid.uuid4().hex[:6]}"
     settings = Settings(amqp_url=args.amqp, database_url=url, exchange=f"{name}.events", queue_prefix=name,
-                        retry_max_seconds=args.retry_max)
+                        retry_max_seconds=args.retry_max, publishers=everyone_as(broker_user(args.amqp)))
     sim = SimulatedHost(users={"svc-jit": PASSWORD}).start()
     procs: list[subprocess.Popen[bytes]] = []
     try:

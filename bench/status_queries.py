@@ -36,6 +36,7 @@ from shared.db.engine import make_engine, session_factory
 from shared.db.migrate import upgrade
 from shared.events import format_time, new_event
 from shared.settings import Settings
+from shared.trust import broker_user, everyone_as
 from tests.factories import HostSpec, seed_config
 
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -76,7 +77,8 @@ def client(url: str, exchange: str, routing_key: str, until: float, latencies: l
         cid = str(uuid.uuid4())
         started = time.perf_counter()
         channel.basic_publish(exchange, routing_key, json.dumps(query).encode(), pika.BasicProperties(
-            reply_to=REPLY_TO, correlation_id=cid, content_type="application/json"))
+            reply_to=REPLY_TO, correlation_id=cid, content_type="application/json",
+            user_id=broker_user(url) if routing_key == "status.query" else None))
         deadline = time.monotonic() + 10
         while cid not in replies and time.monotonic() < deadline:
             connection.process_data_events(time_limit=0.5)
@@ -129,7 +131,7 @@ def main() -> None:
     database_url, cleanup = scratch_database(args.engine, args.server_url)
     name = f"bench-status-{uuid.uuid4().hex[:6]}"
     settings = Settings(amqp_url=args.amqp_url, database_url=database_url, exchange=f"{name}.events",
-                        queue_prefix=name, queue_type="classic")
+                        queue_prefix=name, queue_type="classic", publishers=everyone_as(broker_user(args.amqp_url)))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("JIT_")},
            **{f"JIT_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None},
            "JIT_LOG_LEVEL": "warning"}

@@ -23,6 +23,7 @@ from services.approval.status_server import status_queue
 from shared.amqp.publisher import Publisher
 from shared.db.models import OutboxEvent
 from shared.settings import Settings
+from shared.trust import broker_user
 from tests.conftest import settings_env
 from tests.e2e.reaper_processes import sim as sim
 from tests.e2e.test_elevator_replicas import consumers_on, start_elevator, stop
@@ -50,7 +51,8 @@ def test_request_then_wait_until_ready_then_launch(settings: Settings, factory: 
     try:
         poll(lambda: consumers_on(settings, status_queue(settings)) == 1 and
              consumers_on(settings, settings.queue("elevator")) == 1, 30, "jit-approval and jit-elevator consuming")
-        client = load_client_module().StatusClient(connection.channel(), exchange=settings.exchange)
+        client = load_client_module().StatusClient(connection.channel(), exchange=settings.exchange,
+                                                   user_id=broker_user(settings.amqp_url))
         before = client.ask("sec-0-0", "alice", "co-launch")
         assert (before["status"], before["action"], before["ready"], before["request_id"]) == (
             "NOT_REQUIRED", "Launch with Elevated Privileges", False, None)  # Launch = request, then wait
