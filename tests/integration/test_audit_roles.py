@@ -34,7 +34,7 @@ def psql(url: sa.URL, script: str, **variables: str) -> None:
 @pytest.fixture(scope="module")
 def roles(postgres_server_url: str) -> Iterator[dict[str, str]]:
     server = sa.make_url(postgres_server_url)
-    name, owner, runtime = f"jit_roles_{RUN_ID}", f"jit_test_{RUN_ID}_owner", f"jit_test_{RUN_ID}_runtime"
+    name, owner, runtime = f"jit_test_roles_{RUN_ID}", f"jit_test_{RUN_ID}_owner", f"jit_test_{RUN_ID}_runtime"
     admin = make_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
