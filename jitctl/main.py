@@ -31,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         module.register(subparsers)
     for sub in subparsers.choices.values():
+        add_version(sub)
         sub.formatter_class = argparse.RawDescriptionHelpFormatter
         sub.epilog = ((sub.epilog + "\n\n") if sub.epilog else "") + EXIT_CODES
     return root

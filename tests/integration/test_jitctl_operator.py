@@ -245,6 +245,7 @@ def test_versions_exit_codes_completion_and_schema_checks(settings: Settings, tm
         assert "exit codes" in subprocess.run([str(BIN / tool), "--help"], capture_output=True, text=True,
                                               timeout=60, check=False).stdout
     assert "exit codes" in ok(jitctl(settings, "requests", "--help"))
+    assert ok(jitctl(settings, "apply", "--version")).startswith("jitctl ")
     script = ok(jitctl(settings, "completion", "bash"))
     assert "complete -F _jitctl jitctl" in script and "PENDING" in script and "--end-active" in script
     syntax = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30, check=False)
