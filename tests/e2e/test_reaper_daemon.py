@@ -82,7 +82,8 @@ def test_a_reaper_killed_mid_revocation_loses_nothing(reapers: Reapers, factory:
     elif moment == "during_the_call":
         sim.inject("delay", action="Command", seconds=4, count=1)  # the remove command is on the wire
     else:
-        sim.inject("delay", action="Delete", seconds=30, count=None)  # removed on the host, answer pending
+        # Removed on the host, answer pending: a pooled call ends with Signal (its shell stays open for the next).
+        sim.inject("delay", action="Signal", seconds=30, count=None)
     check_in(reapers, 0)
     wait_for(lambda: row(factory, rid).lease_until is not None, 20, "a claimed revocation", reapers.dump)
     if moment == "after_the_call_before_the_commit":

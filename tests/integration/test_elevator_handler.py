@@ -298,7 +298,7 @@ def test_check_in_during_the_add_is_left_to_the_reaper_which_removes_after_the_a
     assert outbox(seeded, "elevation.revoked") == []
     assert members(fake) == {"acct-0-0"}, "the add landed after the reaper's removal"
     # The elevator compensates nothing: it records that its add returned and hands the row back at once.
-    assert operations(fake) == ["resolve", "remove_member", "list_sessions", "add_member"]
+    assert operations(fake) == ["resolve", "revoke", "remove_member", "list_sessions", "add_member"]
     assert actions(seeded, req.id) == ["start_elevation", "end", "elevation.superseded"]
     assert done.next_attempt_at is not None and done.next_attempt_at <= datetime.now(UTC)
     hold, membership = ledger(seeded, req.id)
