@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -75,6 +75,14 @@ def add_in_flight_until(session: Session, membership_id: int, now: datetime) -> 
     return max((at for at in pending if at is not None), default=None)
 
 
+def _legacy_grant(session: Session, request: Request) -> bool:
+    """Is an active grant of the same account, group and host from before the ledger (no SIDs) in place?"""
+    return session.scalar(select(Request.id).where(
+        Request.id != request.id, Request.host == request.host, Request.group == request.group,
+        func.lower(Request.account) == (request.account or "").lower(), Request.account_sid.is_(None),
+        Request.elevated_at.is_not(None), Request.state.in_((*HOLDING, State.REVOKING.value))).limit(1)) is not None
+
+
 def take_hold(session: Session, request: Request, *, host: str, group_sid: str, account_sid: str, account: str,
               looked_at: datetime, was_member: bool, target: dict[str, Any], now: datetime, add_until: datetime,
               reconcile_in: float) -> Hold | None:
@@ -98,6 +106,10 @@ def take_hold(session: Session, request: Request, *, host: str, group_sid: str, 
     assert membership_id is not None
     membership = _locked(session, membership_id)
     settled = not membership.ours and not active_holders(session, membership.id)
+    if settled and _legacy_grant(session, request):
+        # A grant made before the ledger (no SIDs) may hold this membership: nothing can tell whose it is.
+        membership.baseline = "unknown"
+        settled = False
     if settled:
         # Nothing of ours is in place now. The look while resolving shows the baseline if nothing of ours
         # was in place then either: a new membership, or one settled well before the look.

@@ -385,3 +385,20 @@ def test_standing_member_checked_in_between_hold_and_add_is_kept(world: World) -
         world.revoke(request_id)
     assert world.state(request) == State.REVOKED
     assert world.member(), "a standing administrator was removed"
+
+
+def test_a_grant_from_before_the_ledger_never_becomes_a_standing_membership(world: World) -> None:
+    """Upgrade: an ELEVATED grant of the old version (no SIDs, no hold) is in place when a new grant of the
+    same account looks; its membership must not be taken for a standing one."""
+    legacy = world.request(state=State.ELEVATED, elevated_at=datetime.now(UTC))
+    world.fake.seed(HOST, ADMINISTRATORS, ACCOUNT)  # what the old elevator's add left
+    new = world.request("sec-0-1")
+    world.elevate(new)
+    with transaction(world.factory) as session:
+        assert session.scalars(select(Membership.baseline)).one() == "unknown"
+    world.end(legacy)  # resolved by name, removed by SID (the old grant knew no SID)
+    world.reconciler()  # the new grant is ELEVATED: its membership is put back
+    assert world.member()
+    world.end(new)
+    assert world.state(legacy) == State.REVOKED and world.state(new) == State.REVOKED
+    assert not world.member(), "the old grant's membership outlived both grants"
