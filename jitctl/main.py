@@ -13,13 +13,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from jitctl import completion, config, decide, demo, extend, ledger, query, revoke
+from jitctl import completion, config, deadletters, decide, demo, extend, ledger, query, revoke
 from jitctl.common import CliError
 from shared import logs
 from shared.cli import EXIT_CODES, FAILED, INTERRUPTED, OneLineParser, add_version
 from shared.logs import hide_password
 
-COMMAND_MODULES = [config, decide, query, revoke, extend, ledger, demo, completion]
+COMMAND_MODULES = [config, decide, query, revoke, extend, ledger, deadletters, demo, completion]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ def test_the_two_setup_commands_exist_and_ci_runs_the_test_one() -> None:
 
 
 def test_every_jitctl_command_in_the_readme_exists() -> None:
-    listed = set(re.findall(r"^\| `jitctl ([a-z]+)", README, re.M))
+    listed = set(re.findall(r"^\| `jitctl ([a-z-]+)", README, re.M))
     subparsers = next(a for a in parser()._actions if a.dest == "command")
     assert listed and listed <= set(subparsers.choices)  # type: ignore[arg-type]
 
