@@ -175,3 +175,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
             env[f"JIT_{field.upper()}"] = str(value)
     env.setdefault("JIT_LOG_FORMAT", "json")
     return env
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A test that runs `jitctl`'s main in-process reconfigures logging for the whole process (warning level,
+    its own root handler): put back what was there, so later tests' `capture_logs` still sees info lines."""
+    import logging
+
+    import structlog
+
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    pika_level = logging.getLogger("pika").level
+    yield
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("pika").setLevel(pika_level)
