@@ -43,6 +43,7 @@ def sim(settings: Settings, factory: sessionmaker[Session], monkeypatch: pytest.
 
 
 def jitctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()  # what the setup printed (log lines of the grant's elevator) is not jitctl's output
     with pytest.raises(SystemExit) as exited:
         main(list(argv))
     out, err = capsys.readouterr()
