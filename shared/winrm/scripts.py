@@ -58,6 +58,26 @@ _LISTED = (
 )
 
 
+# Add the principal; "already a member" (MemberExists) is an answer, not an error.
+_ADD = (
+    "    $status = 'added'\n"
+    "    try { Add-LocalGroupMember -Group $group -Member $principal }\n"
+    "    catch {\n"
+    "        if (-not ([string]$_.FullyQualifiedErrorId -like 'MemberExists,*')) { throw }\n"
+    "        $status = 'already_member'\n"
+    "    }\n"
+)
+# Remove the principal; "not a member" (MemberNotFound) is an answer, not an error.
+_REMOVE = (
+    "    $status = 'removed'\n"
+    "    try { Remove-LocalGroupMember -Group $group -Member $principal }\n"
+    "    catch {\n"
+    "        if (-not ([string]$_.FullyQualifiedErrorId -like 'MemberNotFound,*')) { throw }\n"
+    "        $status = 'not_member'\n"
+    "    }\n"
+)
+
+
 def _catch(mapping: tuple[tuple[str, str], ...]) -> str:
     branches = "".join(
         f"    {'if' if i == 0 else 'elseif'} ($id -like '{fq}') {{ $code = '{status}' }}\n"
@@ -109,12 +129,7 @@ ADD_MEMBER_SID = (
     + "try {\n"
     + _GROUP_BY_SID
     + _MEMBER_BY_SID
-    + "    $status = 'added'\n"
-    + "    try { Add-LocalGroupMember -Group $group -Member $principal }\n"
-    + "    catch {\n"
-    + "        if (-not ([string]$_.FullyQualifiedErrorId -like 'MemberExists,*')) { throw }\n"
-    + "        $status = 'already_member'\n"
-    + "    }\n"
+    + _ADD
     + _LISTED
     + "    ConvertTo-Json -Compress -InputObject ([ordered]@{ status = $status; member = $listed })\n"
     + _catch(_COMMON_ERRORS)
@@ -127,12 +142,7 @@ REMOVE_MEMBER_SID = (
     + "try {\n"
     + _GROUP_BY_SID
     + _MEMBER_BY_SID
-    + "    $status = 'removed'\n"
-    + "    try { Remove-LocalGroupMember -Group $group -Member $principal }\n"
-    + "    catch {\n"
-    + "        if (-not ([string]$_.FullyQualifiedErrorId -like 'MemberNotFound,*')) { throw }\n"
-    + "        $status = 'not_member'\n"
-    + "    }\n"
+    + _REMOVE
     + _LISTED
     + "    ConvertTo-Json -Compress -InputObject ([ordered]@{ status = $status; member = $listed })\n"
     + _catch(_COMMON_ERRORS)
@@ -203,12 +213,7 @@ ELEVATE_KNOWN = (
     + "    $principal = New-Object Microsoft.PowerShell.Commands.LocalPrincipal\n"
     + "    $principal.SID = $sid\n"
     + _LISTED.replace("$listed", "$was")
-    + "    $status = 'added'\n"
-    + "    try { Add-LocalGroupMember -Group $group -Member $principal }\n"
-    + "    catch {\n"
-    + "        if (-not ([string]$_.FullyQualifiedErrorId -like 'MemberExists,*')) { throw }\n"
-    + "        $status = 'already_member'\n"
-    + "    }\n"
+    + _ADD
     + _LISTED
     + "    ConvertTo-Json -Compress -InputObject ([ordered]@{ status = $status; was_member = $was;"
     " member = $listed })\n"
@@ -223,12 +228,7 @@ REVOKE = (
     + "try {\n"
     + _GROUP_BY_SID
     + _MEMBER_BY_SID
-    + "    $status = 'removed'\n"
-    + "    try { Remove-LocalGroupMember -Group $group -Member $principal }\n"
-    + "    catch {\n"
-    + "        if (-not ([string]$_.FullyQualifiedErrorId -like 'MemberNotFound,*')) { throw }\n"
-    + "        $status = 'not_member'\n"
-    + "    }\n"
+    + _REMOVE
     + _LISTED
     + "    $rows = @(); $sessionsError = ''\n"
     + "    if (-not $listed) {\n"
