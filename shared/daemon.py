@@ -96,7 +96,7 @@ class Runtime:
 
     @classmethod
     def create(cls, name: str, settings: Settings) -> Runtime:
-        factory = session_factory(make_engine(settings.database_url))
+        factory = session_factory(make_engine(settings.database_url, application_name=f"jit-{name}"))
         publisher = Publisher(settings)
         relay = OutboxRelay(factory, publisher, poll_seconds=settings.outbox_poll_seconds,
                             types=trust.publishable(settings))

@@ -22,7 +22,8 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, application_name: str | None = None, **kwargs: Any) -> Engine:
+    """`application_name` names a PostgreSQL session in `pg_stat_activity` (e.g. `jit-reaper`); SQLite ignores it."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs)
         _serialize_sqlite_writers(engine)
@@ -30,6 +31,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     kwargs.setdefault("pool_pre_ping", True)
+    if application_name is not None and "application_name=" not in url:
+        kwargs["connect_args"] = {"application_name": application_name, **kwargs.get("connect_args", {})}
     return create_engine(url, **kwargs)
 
 
