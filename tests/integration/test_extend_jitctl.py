@@ -11,9 +11,8 @@ from jitctl.main import main
 from shared.db.models import Extension
 from shared.settings import Settings
 from tests.conftest import settings_env
-from tests.integration.approval_harness import EventTap, approval_running, poll
+from tests.integration.approval_harness import World, configure, poll, world_running
 from tests.integration.test_extensions import approved
-from tests.integration.test_multi_approval import World, configure, seed
 
 pytestmark = [pytest.mark.rabbitmq]
 
@@ -22,13 +21,8 @@ pytestmark = [pytest.mark.rabbitmq]
 def world(settings: Settings, factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     for key, value in settings_env(settings).items():
         monkeypatch.setenv(key, value)
-    seed(factory)
-    tap = EventTap(settings)
-    try:
-        with approval_running(settings) as runtime:
-            yield World(factory, tap, runtime.publisher.publish)
-    finally:
-        tap.close()
+    with world_running(settings, factory) as running_world:
+        yield running_world
 
 
 def jitctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -26,8 +26,7 @@ from shared.db.engine import transaction
 from shared.db.models import AuditEntry, Extension, Request
 from shared.events import Event, new_event
 from shared.settings import Settings
-from tests.integration.approval_harness import EventTap, approval_running, decided, requested
-from tests.integration.test_multi_approval import World, _catching, configure, seed
+from tests.integration.approval_harness import World, catching, configure, decided, requested, seed, world_running
 
 pytestmark = [pytest.mark.rabbitmq]
 
@@ -48,13 +47,8 @@ def decided_on(request_id: str, extension_id: str, approver_id: str, decision: s
 
 @pytest.fixture
 def world(settings: Settings, factory: sessionmaker[Session]) -> Iterator[World]:
-    seed(factory)
-    tap = EventTap(settings)
-    try:
-        with approval_running(settings) as runtime:
-            yield World(factory, tap, runtime.publisher.publish)
-    finally:
-        tap.close()
+    with world_running(settings, factory) as running_world:
+        yield running_world
 
 
 def approved(world: World, expires_in: float = 7200) -> Request:
@@ -210,7 +204,7 @@ def test_an_extension_racing_the_sweeper_either_extends_or_is_refused(factory: s
         now = due + timedelta(milliseconds=50)
         end_expired(factory, now, now + timedelta(seconds=30), room=0)
 
-    threads = [threading.Thread(target=_catching(f, errors)) for f in ((extension, sweep) if round_ % 2
+    threads = [threading.Thread(target=catching(f, errors)) for f in ((extension, sweep) if round_ % 2
                                                                           else (sweep, extension))]
     for t in threads:
         t.start()

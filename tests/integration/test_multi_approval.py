@@ -13,84 +13,28 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.approval.main import processor
 from services.reaper.ending import on_checked_in
 from shared.clock import FakeClock
 from shared.db.engine import transaction
-from shared.db.models import AuditEntry, Request, Task, User, UserPermission, Vote
+from shared.db.models import Request, Vote
 from shared.events import Event, new_event
-from shared.rules import APPROVER_PERMISSIONS, REQUESTER_PERMISSIONS
 from shared.settings import Settings
-from tests.factories import HostSpec, seed_config
-from tests.integration.approval_harness import EventTap, approval_running, decided, poll, requested
+from tests.integration.approval_harness import World, catching, configure, decided, requested, seed, world_running
 
 pytestmark = [pytest.mark.rabbitmq]
 
 
-def add_user(factory: sessionmaker[Session], user_id: str, permissions: tuple[str, ...]) -> None:
-    with transaction(factory) as s:
-        s.add(User(id=user_id, kind="internal"))
-        s.add_all(UserPermission(user_id=user_id, permission=p) for p in sorted(set(permissions)))
-
-
-def configure(factory: sessionmaker[Session], **task: Any) -> None:
-    with transaction(factory) as s:
-        s.execute(update(Task).where(Task.id == "task").values(**task))
-
-
-def seed(factory: sessionmaker[Session], secrets: int = 1) -> None:
-    seed_config(factory, [HostSpec("127.0.0.1", 5985)], secrets_per_host=secrets)
-    add_user(factory, "rita", REQUESTER_PERMISSIONS + APPROVER_PERMISSIONS)  # may request and approve
-    for approver in ("dan", "erin"):
-        add_user(factory, approver, APPROVER_PERMISSIONS)
-
-
-class World:
-    def __init__(self, factory: sessionmaker[Session], tap: EventTap, publish: Any) -> None:
-        self.factory, self.tap, self._publish = factory, tap, publish
-
-    def send(self, event: Event) -> str:
-        self._publish(event.type, event.to_json(), message_id=event.id)
-        return getattr(event.data, "request_id", "")
-
-    def row(self, request_id: str) -> Request:
-        with self.factory() as s:
-            row = s.get(Request, request_id)
-            assert row is not None
-            return row
-
-    def state_of(self, request_id: str, state: str) -> Request:
-        def reached() -> bool:
-            with self.factory() as s:
-                row = s.get(Request, request_id)
-                return row is not None and row.state == state
-        poll(reached, 10, f"{request_id} {state}")
-        return self.row(request_id)
-
-    def audited(self, request_id: str, action: str, count: int = 1) -> list[AuditEntry]:
-        def found() -> list[AuditEntry] | None:
-            with self.factory() as s:
-                rows = list(s.scalars(select(AuditEntry).where(AuditEntry.request_id == request_id,
-                                                               AuditEntry.action == action).order_by(AuditEntry.id)))
-            return rows if len(rows) >= count else None
-        return poll(found, 10, f"{count} x {action} for {request_id}")  # type: ignore[no-any-return]
-
-
 @pytest.fixture
 def world(settings: Settings, factory: sessionmaker[Session]) -> Iterator[World]:
-    seed(factory)
-    tap = EventTap(settings)
-    try:
-        with approval_running(settings) as runtime:
-            yield World(factory, tap, runtime.publisher.publish)
-    finally:
-        tap.close()
+    with world_running(settings, factory) as running_world:
+        yield running_world
+
 
 
 def test_n_distinct_approvals_the_requester_never_counts_and_an_approver_counts_once(world: World) -> None:
@@ -194,7 +138,7 @@ def test_the_nth_approval_racing_a_check_in_never_leaves_an_approval_standing(
         with transaction(factory) as s:
             on_checked_in(s, checked_in(checkout), datetime.now(UTC))
 
-    threads = [threading.Thread(target=_catching(f, errors)) for f in ((approve, check_in) if round_ % 2
+    threads = [threading.Thread(target=catching(f, errors)) for f in ((approve, check_in) if round_ % 2
                                                                           else (check_in, approve))]
     for t in threads:
         t.start()
@@ -207,11 +151,3 @@ def test_the_nth_approval_racing_a_check_in_never_leaves_an_approval_standing(
         if row.state == "REVOKING":  # approved first: the check-in ended it in the same breath
             assert row.end_trigger == "service_closed" and row.approver_id == "carol"
 
-
-def _catching(fn: Any, errors: list[BaseException]) -> Any:
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # reported by the test
-            errors.append(exc)
-    return run
