@@ -123,7 +123,7 @@ def replay(settings: Settings, daemon: str, limit: int) -> list[dict[str, Any]]:
     """Re-publish the daemon's dead letters; each row says `replayed` or why it was left in the queue."""
     queue = dead_letter_queue(settings, daemon)
     connection = _connect(settings)
-    me = getattr(connection_parameters(settings.amqp_url, name="jitctl").credentials, "username", None)
+    me = getattr(connection_parameters(settings.amqp_url, name="jitctl")[0].credentials, "username", None)
     rows: list[dict[str, Any]] = []
     try:
         depth = _depth(connection, queue)

@@ -40,7 +40,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="JIT_", extra="ignore", frozen=True)
 
-    amqp_url: str = Field("amqp://guest:guest@localhost:5672/%2F", description="RabbitMQ URL (amqp:// or amqps://)")
+    amqp_url: str = Field("amqp://guest:guest@localhost:5672/%2F", description="RabbitMQ URL (amqp:// or amqps://); "
+                          "the nodes of a cluster: several URLs separated by commas, tried in turn")
     database_url: str = Field("sqlite:///jit.db", description="SQLAlchemy URL: sqlite:///PATH, or "
                               "postgresql+psycopg://user@host/db in production")
     exchange: str = Field("jit.events", description="the durable topic exchange of the contract")
@@ -217,8 +218,31 @@ def check_database_url(url: str) -> str:
     return url
 
 
+def node_urls(url: str) -> list[str]:
+    """The node URLs of an AMQP setting: one URL, or the nodes of one cluster separated by commas."""
+    return [node.strip() for node in url.split(",")]
+
+
 def check_amqp_url(url: str) -> str:
-    """An AMQP URL pika can use, or ValueError saying what to write instead."""
+    """An AMQP URL pika can use, or several (one per cluster node); ValueError names the bad one."""
+    from shared.logs import hide_password
+
+    nodes = node_urls(url)
+    for number, node in enumerate(nodes, 1):
+        try:
+            _check_node_url(node)
+        except ValueError as exc:
+            if len(nodes) == 1:
+                raise
+            raise ValueError(f"node URL {number} of {len(nodes)} ({hide_password(node) or 'empty'}): {exc}") from None
+    # One user in one vhost: the trust checks know the process by its one broker user.
+    if len({(urlsplit(node).username, urlsplit(node).path) for node in nodes}) > 1:
+        raise ValueError("the node URLs name different users or vhosts; the nodes of one cluster are reached as "
+                         "one user in one vhost")
+    return url
+
+
+def _check_node_url(url: str) -> None:
     try:
         parts = urlsplit(url)
         _ = parts.port  # raises ValueError on a port that is not a number
@@ -226,7 +250,6 @@ def check_amqp_url(url: str) -> str:
         parts = None
     if parts is None or parts.scheme not in ("amqp", "amqps") or not parts.hostname:
         raise ValueError("not a RabbitMQ URL; write amqp://USER:PASSWORD@HOST:5672/VHOST (amqps:// for TLS)")
-    return url
 
 
 def missing_sqlite_file(url: str) -> Path | None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from shared.events import EVENT_TYPES, STATUS_QUERY
+from shared.settings import node_urls
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -100,8 +101,8 @@ def everyone_as(user: str) -> str:
 
 
 def broker_user(amqp_url: str) -> str:
-    """The user a connection to `amqp_url` authenticates as (pika's default: guest)."""
-    return unquote(urlsplit(amqp_url).username or "guest")
+    """The user a connection to `amqp_url` authenticates as (pika's default: guest); every node's is the same."""
+    return unquote(urlsplit(node_urls(amqp_url)[0]).username or "guest")
 
 
 def refusal(event_type: str, publisher: str | None, allowed: frozenset[str] | None, person: str | None,
@@ -148,9 +149,10 @@ def plaintext_warnings(amqp_url: str, database_url: str) -> list[str]:
     from sqlalchemy.engine import make_url
 
     found = []
-    amqp = urlsplit(amqp_url)
-    if amqp.scheme == "amqp" and not is_loopback(amqp.hostname):
-        found.append(f"JIT_AMQP_URL is plaintext amqp:// to {amqp.hostname}: use amqps:// (docs/security.md)")
+    for node in node_urls(amqp_url):
+        amqp = urlsplit(node)
+        if amqp.scheme == "amqp" and not is_loopback(amqp.hostname):
+            found.append(f"JIT_AMQP_URL is plaintext amqp:// to {amqp.hostname}: use amqps:// (docs/security.md)")
     db = make_url(database_url)
     if db.get_backend_name() == "postgresql" and db.host and not is_loopback(db.host) \
             and db.query.get("sslmode") != "verify-full":

@@ -29,6 +29,7 @@ from jitctl.demo.config import ADMINISTRATORS, sample_config
 from jitctl.demo.processes import Children, script, start_simulator
 from jitctl.demo.stories import Driver, Story, play
 from jitctl.demo.timeline import Timeline
+from shared.amqp.connection import connect, connection_parameters
 from shared.amqp.publisher import Publisher
 from shared.db.engine import make_engine
 from shared.db.migrate import upgrade
@@ -50,9 +51,10 @@ def register(subparsers: Any) -> None:
 
 def broker_error(settings: Settings) -> str | None:
     try:
-        params = pika.URLParameters(settings.amqp_url)
-        params.connection_attempts, params.socket_timeout = 1, 3
-        pika.BlockingConnection(params).close()
+        nodes = connection_parameters(settings.amqp_url, name="jitctl demo")
+        for params in nodes:
+            params.connection_attempts, params.socket_timeout = 1, 3
+        pika.BlockingConnection(nodes).close()
     except Exception as exc:
         return (f"jitctl demo: cannot reach RabbitMQ at {hide_password(settings.amqp_url)} ({exc!r}).\n"
                 "Start one with `rabbitmq-server -detached` (Debian: `apt-get install rabbitmq-server`), "
@@ -102,7 +104,7 @@ def save_metrics(settings: Settings, folder: Path) -> None:
 
 
 def wait_for_consumers(settings: Settings, children: Children, timeout: float = 30.0) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    connection = connect(settings.amqp_url, name="jitctl demo")
     deadline = time.monotonic() + timeout
     try:
         for daemon in DAEMONS:

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pika
-
+from shared.amqp.connection import connect
 from shared.settings import Settings
 
 COLUMNS = "{:>8}  {:<10} {:<30} {:<16} {:<10} {}"
@@ -28,7 +27,7 @@ class Timeline:
     def __init__(self, settings: Settings, state_of: Callable[[str], str], logs: dict[str, Path]) -> None:
         self.start = time.monotonic()
         self._state_of = state_of
-        self._connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+        self._connection = connect(settings.amqp_url, name="jitctl demo timeline")
         channel = self._connection.channel()
         channel.exchange_declare(settings.exchange, exchange_type="topic", durable=True)
         queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue

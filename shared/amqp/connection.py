@@ -3,6 +3,10 @@
 Owns the connection parameters (the settings URL plus safe defaults for heartbeat and
 blocked-connection timeout), the errors that mean "the connection or channel is gone", and the
 capped, jittered reconnect backoff shared by the consumer and the publisher.
+
+The setting may name the nodes of a cluster (URLs separated by commas): every connection tries them
+in the order given and takes the first that answers, so a reconnect after a node went away lands on
+the next node that is up.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
+
+from shared.settings import node_urls
 
 # A heartbeat lets both sides notice a dead peer (a half-open TCP connection) within ~2 intervals.
 DEFAULT_HEARTBEAT_SECONDS = 30
@@ -38,8 +44,13 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def connection_parameters(url: str, *, name: str) -> pika.URLParameters:
-    """The URL's parameters; heartbeat and blocked_connection_timeout default unless the URL sets them.
+def connection_parameters(url: str, *, name: str) -> list[pika.URLParameters]:
+    """The parameters of each node the setting names, in its order (pika tries them in turn)."""
+    return [node_parameters(node, name=name) for node in node_urls(url)]
+
+
+def node_parameters(url: str, *, name: str) -> pika.URLParameters:
+    """One node URL's parameters; heartbeat and blocked_connection_timeout default unless the URL sets them.
 
     `amqps://`: the server's certificate is verified against the system CAs, or `cafile=PATH`, and its
     name against the URL's host; `certfile=PATH` (and `keyfile=PATH`) present a client certificate.
@@ -74,7 +85,14 @@ def _tls_query(url: str) -> tuple[str, dict[str, str]]:
 
 
 def connect(url: str, *, name: str) -> pika.BlockingConnection:
+    """A connection to the first node of `url` that answers."""
     return pika.BlockingConnection(connection_parameters(url, name=name))
+
+
+def node_of(connection: pika.BlockingConnection) -> str:
+    """`host:port` of the node a connection reached (for logs: which node a reconnect landed on)."""
+    params = getattr(getattr(connection, "_impl", None), "params", None)  # pika keeps the node it used there
+    return f"{params.host}:{params.port}" if params is not None else "unknown"
 
 
 def heartbeat_of(params: pika.URLParameters) -> float | None:

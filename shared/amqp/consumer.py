@@ -15,7 +15,7 @@ from types import FrameType
 
 import pika.exceptions
 
-from shared.amqp.connection import CONNECTION_ERRORS, backoff_delay, close_quietly, connect
+from shared.amqp.connection import CONNECTION_ERRORS, backoff_delay, close_quietly, connect, node_of
 from shared.amqp.delivery import Delivery, Outcome
 from shared.amqp.session import Handler, Session, Tally
 from shared.amqp.topology import declare_topology
@@ -136,7 +136,7 @@ class Consumer:
             self._failures = 0
             self._ready.set()
             log.info("amqp.consumer.ready", daemon=self._daemon, queue=queue, prefetch=self._prefetch,
-                     workers=self._workers)
+                     workers=self._workers, node=node_of(connection))
             while not self._stopping.is_set():
                 self._heartbeat.beat()
                 connection.process_data_events(time_limit=_POLL_SECONDS)

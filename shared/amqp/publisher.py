@@ -50,7 +50,7 @@ class Publisher:
         self._channel: BlockingChannel | None = None
         self._closed = False
         self._stop_pump = threading.Event()
-        heartbeat = heartbeat_of(self._params)
+        heartbeat = heartbeat_of(self._params[0])  # one setting for every node: the first one's
         self._pump_interval = min(max(heartbeat / 2, 0.5), 10.0) if heartbeat else 10.0
         self._pump = threading.Thread(target=self._pump_heartbeats, name="amqp-publisher-heartbeat", daemon=True)
         self._pump.start()
@@ -66,7 +66,7 @@ class Publisher:
             message_id=message_id,
             headers=dict(headers) if headers else None,
             # Validated by the broker, so consumers can tell which broker user published (see user_id).
-            user_id=getattr(self._params.credentials, "username", None),
+            user_id=getattr(self._params[0].credentials, "username", None),
         )
         with self._lock:
             if self._closed:
