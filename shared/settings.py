@@ -77,6 +77,9 @@ class Settings(BaseSettings):
 
     sweep_interval_seconds: float = Field(
         1.0, gt=0, description="how often the sweepers look for ended windows, due retries and lost elevators")
+    expiry_timers: int = Field(
+        1000, ge=0, description="jit-reaper: windows ending within two sweep intervals armed as in-process timers, at "
+                                "most this many, so each ends at its expires_at (0: the sweep alone ends them)")
     per_host_concurrency: int = Field(5, ge=1, description="WinRM shells in flight per host and process")
     winrm_operation_timeout_seconds: int = Field(20, ge=1, description="WS-Management OperationTimeout of one call")
     winrm_read_timeout_seconds: int = Field(

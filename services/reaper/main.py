@@ -7,6 +7,7 @@ from services.reaper.pool import RevocationPool
 from services.reaper.reconciler import Reconciler
 from services.reaper.revocation import Revoker
 from services.reaper.sweeper import Sweeper
+from services.reaper.timers import ExpiryTimers
 from shared.daemon import Periodic, Runtime, daemon_main
 from shared.settings import Settings
 from shared.winrm import MembershipClient, Metered, WinRMPort
@@ -40,10 +41,14 @@ def build(runtime: Runtime, port: WinRMPort | None = None) -> int:
     process = make_process(runtime.factory, runtime.clock, lambda rid: pool.submit(rid, in_process=True),
                            revoker.lease_until, sweep_interval=settings.sweep_interval_seconds)
     reconciler = Reconciler(runtime.factory, port, settings, runtime.clock)
+    periodic = [Periodic("sweeper", settings.sweep_interval_seconds, sweeper),
+                Periodic("reconciler", settings.sweep_interval_seconds, reconciler)]
+    if settings.expiry_timers:
+        timers = ExpiryTimers(runtime.factory, runtime.clock, sweeper.expire, interval=settings.sweep_interval_seconds,
+                              cap=settings.expiry_timers, stopping=runtime.stopping)
+        periodic.append(Periodic("expiry-timers", 0.0, timers.step))  # each step waits for its next timer
     try:
-        return runtime.serve(ROUTING_KEYS, process,
-                             periodic=[Periodic("sweeper", settings.sweep_interval_seconds, sweeper),
-                                       Periodic("reconciler", settings.sweep_interval_seconds, reconciler)])
+        return runtime.serve(ROUTING_KEYS, process, periodic=periodic)
     finally:
         pool.shutdown(POOL_GRACE_SECONDS)
 

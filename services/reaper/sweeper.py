@@ -56,6 +56,23 @@ def due_expiries_query(now: datetime, limit: int = BATCH) -> Any:
 def end_expired(factory: sessionmaker[Session], now: datetime, lease_until: datetime, room: int,
                 limit: int = BATCH) -> list[str]:
     """End each request whose window has ended; returns the ids claimed (at most `room`) to revoke now."""
+    return _end_batch(factory, now, lease_until, room, limit)[1]
+
+
+def end_all_expired(factory: sessionmaker[Session], now: datetime, lease_until: datetime, room: int) -> list[str]:
+    """`end_expired`, batch after batch until nothing ended by `now` is left (a mass expiry is not
+    spread over one batch per sweep); returns the ids claimed, at most `room`."""
+    claimed: list[str] = []
+    while True:
+        ended, batch = _end_batch(factory, now, lease_until, room - len(claimed), BATCH)
+        claimed.extend(batch)
+        if ended < BATCH:
+            return claimed
+
+
+def _end_batch(factory: sessionmaker[Session], now: datetime, lease_until: datetime, room: int,
+               limit: int) -> tuple[int, list[str]]:
+    """One transaction: (how many due rows it read, the ids it claimed)."""
     claimed: list[str] = []
     with transaction(factory) as session:
         ids = [row[0] for row in session.execute(_locking(session, due_expiries_query(now, limit))).all()]
@@ -76,7 +93,7 @@ def end_expired(factory: sessionmaker[Session], now: datetime, lease_until: date
                      state=new.value)
             if new is State.REVOKING and lease is not None:
                 claimed.append(request.id)
-    return claimed
+    return len(ids), claimed
 
 
 def lost_elevations_query(now: datetime, limit: int = BATCH) -> Any:
@@ -119,10 +136,15 @@ class Sweeper:
         self.submit = submit
         self.lease_until = lease_until
 
+    def expire(self, now: datetime) -> None:
+        """End every window ended by `now` (the sweep, and the expiry timers at their instant) and start
+        the revocations this replica has room for; the rest are due for any replica."""
+        for request_id in end_all_expired(self.factory, now, self.lease_until(now), self.room()):
+            self.submit(request_id, in_process=True)
+
     def __call__(self) -> None:
         now = self.clock.now()
-        for request_id in end_expired(self.factory, now, self.lease_until(now), self.room()):
-            self.submit(request_id, in_process=True)
+        self.expire(now)
         end_lost_elevations(self.factory, now)
         for request_id in self.claim_due(self.room()):
             self.submit(request_id, in_process=False)
