@@ -92,6 +92,8 @@ class Stack:
         self.settings: Settings | None = None
         self.control_url = ""
         self.host = ""
+        self.port = 0
+        self.url = ""  # the WinRM endpoint of the simulated host
         self._drop_database: Any = None
 
     @property
@@ -149,6 +151,7 @@ class Stack:
         ready = json.loads(line)
         self.control_url = ready["control_url"]
         self.host, self.port = ready["hosts"][0]["address"], int(ready["hosts"][0]["port"])
+        self.url = str(ready["hosts"][0]["url"])
 
     def sim_state(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.control_url}/hosts/0", timeout=30) as answer:  # noqa: S310 - loopback
