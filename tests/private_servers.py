@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+# Not /usr/sbin/rabbitmqctl: as root that wrapper runs as the rabbitmq user with its HOME, hence its cookie.
+RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
 
 def free_port() -> int:
@@ -65,6 +67,7 @@ class RabbitNode:
     node: str = ""
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    cookie: str = ""  # the nodes of one cluster share it (tests/rabbitmq_cluster.py); empty: a cookie of its own
 
     def listener_lines(self) -> list[str]:
         return [f"listeners.tcp.default = 127.0.0.1:{self.port}", "loopback_users = none"]
@@ -78,12 +81,23 @@ class RabbitNode:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
 
     def start(self) -> RabbitNode:
+        """Start the node; after `stop()`, start it again with the same name, ports, cookie and data."""
+        if not self.env:
+            self._prepare()
+        log = self.directory / "stdout.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([RABBITMQ_SERVER], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True, cwd=self.directory)
+        wait_port(self.port, 90, self.proc, log)
+        return self
+
+    def _prepare(self) -> None:
         self.port, dist = free_port(), free_port()
-        self.node = f"jit-test-{uuid.uuid4().hex[:8]}@localhost"
+        self.node = self.node or f"jit-test-{uuid.uuid4().hex[:8]}@localhost"
         home = self.directory / "home"
         home.mkdir(parents=True)
         cookie = home / ".erlang.cookie"
-        cookie.write_text(uuid.uuid4().hex.upper())
+        cookie.write_text(self.cookie or uuid.uuid4().hex.upper())
         cookie.chmod(0o400)
         (self.directory / "enabled_plugins").write_text("[].\n")
         conf = self.directory / "rabbitmq.conf"
@@ -95,16 +109,10 @@ class RabbitNode:
                     "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
                     "RABBITMQ_PID_FILE": str(self.directory / "pid"),
                     "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.directory / "advanced.config")}
-        log = self.directory / "stdout.log"
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen([RABBITMQ_SERVER], env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True, cwd=self.directory)
-        wait_port(self.port, 90, self.proc, log)
-        return self
 
     def ctl(self, *args: str, timeout: float = 120) -> str:
         """rabbitmqctl against this node only (its name, its cookie)."""
-        done = subprocess.run(["rabbitmqctl", "-q", "-n", self.node, *args], env=self.env, capture_output=True,
+        done = subprocess.run([RABBITMQCTL, "-q", "-n", self.node, *args], env=self.env, capture_output=True,
                               text=True, timeout=timeout, check=True)
         return done.stdout
 

@@ -23,7 +23,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.approval.status import answer
-from shared.amqp.connection import CONNECTION_ERRORS, backoff_delay, close_quietly, connect
+from shared.amqp.connection import CONNECTION_ERRORS, backoff_delay, close_quietly, connect, node_of
 from shared.amqp.topology import declare_exchange
 from shared.amqp.workers import WorkerPool
 from shared.clock import Clock
@@ -106,7 +106,7 @@ class StatusServer:
             channel.basic_qos(prefetch_count=self.settings.prefetch)
             channel.basic_consume(queue=queue, on_message_callback=partial(self._on_message, connection))
             self.ready.set()
-            log.info("status.server.ready", queue=queue)
+            log.info("status.server.ready", queue=queue, node=node_of(connection))
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=0.2)
             self.ready.clear()

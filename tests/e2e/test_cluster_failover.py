@@ -1,0 +1,134 @@
+"""Issue 12, item 2: the three daemons against a three-node RabbitMQ cluster of the test's own
+(tests/rabbitmq_cluster.py), JIT_AMQP_URL naming every node. While lifecycles flow (requested, approved by
+policy, elevated on a simulated host, checked in, revoked), the node every daemon is connected to is stopped and
+restarted, then the node they moved to. Asserted: every lifecycle ends REVOKED (no message lost); each account
+was added and removed once on the host, and each request audited and announced REVOKED once (no duplicate
+effect); every daemon is the process it was, reconnected to another node by itself; every quorum queue has a
+replica on each of the three nodes, all online again at the end.
+
+Size: JIT_CLUSTER_LIFECYCLES (default 20) paced over JIT_CLUSTER_SECONDS (default 20). docs/cluster.md has the
+full command. The result is written by tests/reliability_record.py as `cluster--<lifecycles>.json`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.settings import Settings
+from shared.states import State
+from shared.trust import broker_user, everyone_as
+from tests.e2e.cluster_run import DAEMONS, Daemons, Upstream
+from tests.e2e.reaper_processes import confirmations, states
+from tests.e2e.reaper_processes import sim as sim
+from tests.factories import ADMINISTRATORS, HostSpec, seed_config
+from tests.integration.test_elevator_sim import WARNING_FILTERS
+from tests.rabbitmq_cluster import RabbitCluster
+from tests.reliability_record import Record
+from tests.support import poll
+from winrm_sim import SimulatedHost
+
+pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow, pytest.mark.postgres,
+              *(pytest.mark.filterwarnings(f) for f in WARNING_FILTERS)]
+LIFECYCLES = int(os.environ.get("JIT_CLUSTER_LIFECYCLES") or 20)
+SECONDS = float(os.environ.get("JIT_CLUSTER_SECONDS") or 20)
+COMMAND = ("JIT_CLUSTER_LIFECYCLES={n} JIT_CLUSTER_SECONDS={s:g} .venv/bin/pytest -p no:cacheprovider -m cluster "
+           "tests/e2e/test_cluster_failover.py -q")
+
+
+@pytest.fixture
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    started = RabbitCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield started
+    started.stop()
+
+
+def cluster_settings(cluster: RabbitCluster, database_url: str) -> Settings:
+    return Settings(
+        amqp_url=cluster.amqp_url, database_url=database_url, exchange="cluster.events", queue_prefix="cluster",
+        queue_type="quorum", sweep_interval_seconds=0.5, outbox_poll_seconds=0.1, retry_initial_seconds=0.2,
+        retry_max_seconds=2.0, lease_seconds=5.0, shutdown_grace_seconds=10.0,
+        publishers=everyone_as(broker_user(cluster.amqp_url)))
+
+
+def fail_over(cluster: RabbitCluster, daemons: Daemons, record: Record) -> float:
+    """Stop the node the elevator's consumer is on; wait until every consumer is on another; start it again."""
+    node_address = daemons.ready_nodes("elevator")[0][-1]
+    [victim] = [n for n in cluster.nodes if n.amqp_url.split("@")[1].startswith(node_address)]
+    counts = daemons.ready_counts()
+    stopped = time.monotonic()
+    cluster.stop_node(victim)
+    poll(lambda: daemons.on_node_other_than(node_address, counts), 90, f"every consumer off {victim.node}")
+    failover = time.monotonic() - stopped
+    cluster.start_node(victim)
+    record.tried(f"RabbitMQ node stopped (VM down) for {time.monotonic() - stopped:.0f} s, then started",
+                 kind="fault", at=[time.time()], outcome="every consumer reconnected to another node by itself; "
+                 "the node rejoined and its quorum replicas caught up")
+    return failover
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_daemons_fail_over_while_nodes_stop_and_start(cluster: RabbitCluster, database_url: str,
+                                                       factory: sessionmaker[Session], sim: SimulatedHost,
+                                                       tmp_path: Path) -> None:
+    record = Record("cluster", f"n{LIFECYCLES}", command=COMMAND.format(n=LIFECYCLES, s=SECONDS),
+                    size={"lifecycles": LIFECYCLES, "nodes": cluster.size, "seconds": SECONDS})
+    settings = cluster_settings(cluster, database_url)
+    seed_config(factory, [HostSpec(sim.address, sim.port)], secrets_per_host=LIFECYCLES, approval_required=False)
+    daemons = Daemons(settings, tmp_path)
+    try:
+        poll(lambda: all(counts == [1] * len(counts) for counts in daemons.ready_counts().values()), 90,
+             "every daemon consuming")
+        everywhere = {n.node for n in cluster.nodes}
+        replicas_before = cluster.queue_members()
+        upstream = Upstream(settings, factory, sim.address)
+        ids = upstream.play(LIFECYCLES, SECONDS)
+        time.sleep(min(2.0, SECONDS / 4))
+        failovers = [fail_over(cluster, daemons, record) for _ in range(2)]
+        assert upstream.done.wait(240) and upstream.error is None, upstream.error
+        final = poll(lambda: (found := states(factory, ids)) and all(
+            s in (State.REVOKED, State.FAILED, State.DENIED) for s in found.values()) and found, 120,
+            "every lifecycle final")
+        alive = daemons.alive()
+        replicas_after = poll(lambda: (m := cluster.queue_members()) and all(
+            online == everywhere for _, online in m.values()) and m, 60, "every quorum replica online")
+        changes = Counter((c.op, c.member_sid) for c in sim.host.changes)
+        audited = confirmations(factory, ids)
+    finally:
+        codes = daemons.stop()
+    accounts = [f"acct-0-{i}" for i in range(LIFECYCLES)]
+    added = {a: changes[("add", sim.sid_of(a))] for a in accounts}
+    removed = {a: changes[("remove", sim.sid_of(a))] for a in accounts}
+    reconnects = {d: daemons.events(d, "amqp.connection.lost") for d in DAEMONS}
+    nodes_used = {d: sorted({n for nodes in daemons.ready_nodes(d) for n in nodes}) for d in DAEMONS}
+    checks = {
+        "every lifecycle reached REVOKED (no message lost)": (
+            all(s == State.REVOKED for s in final.values()) and len(final) == LIFECYCLES,
+            f"{Counter(final.values())} of {LIFECYCLES}"),
+        "each account added once and removed once on the host": (
+            set(added.values()) == {1} and set(removed.values()) == {1},
+            f"adds {Counter(added.values())}, removes {Counter(removed.values())}"),
+        "each request audited and announced REVOKED once": (
+            audited == {i: 1 for i in ids}, f"{Counter(audited.values())} audit rows per request"),
+        "no account left in the group": (sim.member_sids(ADMINISTRATORS) == set(), ""),
+        "every daemon the same process throughout, reconnected by itself": (
+            all(alive.values()) and all(n >= 2 for n in reconnects.values())
+            and all(len(nodes) >= 2 for nodes in nodes_used.values()),
+            f"alive {alive}, connection losses {reconnects}, nodes reached {nodes_used}"),
+        "every quorum queue replicated on the three nodes": (
+            bool(replicas_before) and all(members == everywhere for members, _ in replicas_before.values())
+            and set(replicas_after) == set(replicas_before), f"{len(replicas_before)} quorum queues"),
+        "SIGTERM: every daemon exits 0": (set(codes.values()) == {0}, f"{codes}"),
+    }
+    for what, (ok, detail) in checks.items():
+        record.checked(what, ok=ok, detail=detail)
+    record.extra = {"failover_seconds": [round(f, 1) for f in failovers], "publish_retries": upstream.retries,
+                    "winrm_commands": sim.counters.get("commands")}
+    record.write()
+    assert all(ok for ok, _ in checks.values()), {w: d for w, (ok, d) in checks.items() if not ok}
