@@ -154,8 +154,11 @@ def plaintext_warnings(amqp_url: str, database_url: str) -> list[str]:
         if amqp.scheme == "amqp" and not is_loopback(amqp.hostname):
             found.append(f"JIT_AMQP_URL is plaintext amqp:// to {amqp.hostname}: use amqps:// (docs/security.md)")
     db = make_url(database_url)
-    if db.get_backend_name() == "postgresql" and db.host and not is_loopback(db.host) \
-            and db.query.get("sslmode") != "verify-full":
-        found.append(f"JIT_DATABASE_URL to {db.host} without sslmode=verify-full: the connection may be "
-                     "plaintext or unauthenticated (docs/security.md)")
+    if db.get_backend_name() == "postgresql" and db.query.get("sslmode") != "verify-full":
+        # libpq's several hosts (a primary and its standbys) come as `?host=H:P&host=H:P`, none before the /.
+        listed = db.query.get("host", ())
+        hosts = [db.host] if db.host else [h.rsplit(":", 1)[0] for h in ([listed] if isinstance(listed, str)
+                                                                          else listed)]
+        found += [f"JIT_DATABASE_URL to {host} without sslmode=verify-full: the connection may be plaintext or "
+                  "unauthenticated (docs/security.md)" for host in hosts if host and not is_loopback(host)]
     return found
