@@ -12,6 +12,7 @@ it waiting for a lease; `revocation.py` performs the removal after the commit.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -37,18 +38,22 @@ log = logs.get_logger()
 
 
 def end_request(session: Session, request: Request, *, now: datetime, end_trigger: str, cause: Cause,
-                lease_until: datetime | None = None) -> State | None:
+                lease_until: datetime | None = None, values: dict[str, Any] | None = None,
+                release: bool = True) -> State | None:
     """End one active request by compare-and-set; returns its new state or None (already ended).
 
     `lease_until`: the caller claims the revocation until then (it starts it right after the commit);
-    without it the revocation is due at once for any reaper's sweeper.
+    without it the revocation is due at once for any reaper's sweeper. `values`: more columns to set
+    in the same compare-and-set. `release=False`: the caller releases the hold itself, later in the same
+    transaction (`ledger.release_all` of a whole batch).
 
     A compare-and-set that loses to a concurrent transition (on PostgreSQL: an approval committed while
     this transaction waited on the row, e.g. the N-th approval racing a check-in) is tried again on the
     row as now committed, so the end is never lost to a change from one active state to another."""
     for _ in range(len(State)):  # each retry follows a real transition: the machine is acyclic but REVOKING
         before = request.state
-        new = _end_once(session, request, now=now, end_trigger=end_trigger, cause=cause, lease_until=lease_until)
+        new = _end_once(session, request, now=now, end_trigger=end_trigger, cause=cause, lease_until=lease_until,
+                        values=values or {}, release=release)
         if new is not None:
             return new
         fresh = load(session, request.id)
@@ -59,11 +64,11 @@ def end_request(session: Session, request: Request, *, now: datetime, end_trigge
 
 
 def _end_once(session: Session, request: Request, *, now: datetime, end_trigger: str, cause: Cause,
-              lease_until: datetime | None) -> State | None:
+              lease_until: datetime | None, values: dict[str, Any], release: bool) -> State | None:
     state = State(request.state)
     if state is State.PENDING:
         new = transition(session, request, Trigger.END, now=now, cause=cause,
-                         values={"end_trigger": end_trigger, "ended_at": now})
+                         values={"end_trigger": end_trigger, "ended_at": now, **values})
         if new is not None:
             outbox.enqueue(session, new_event("elevation.cancelled", ElevationCancelled(
                 request_id=request.id, reason=end_trigger), source=SOURCE))
@@ -75,9 +80,9 @@ def _end_once(session: Session, request: Request, *, now: datetime, end_trigger:
     # before that add has returned (shared/db/ledger.py).
     new = transition(session, request, Trigger.END, now=now, cause=cause, values={
         "end_trigger": end_trigger, "revoking_since": now, "next_attempt_at": lease_until or now,
-        "lease_until": lease_until, "last_error": None, "stalled_at": None,
+        "lease_until": lease_until, "last_error": None, "stalled_at": None, **values,
     })
-    if new is not None:
+    if new is not None and release:
         ledger.release(session, request.id, now)
         log.info("revocation.started", request_id=request.id, checkout_id=request.checkout_id, host=request.host,
                  trigger=end_trigger, from_state=state.value)

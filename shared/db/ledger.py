@@ -158,7 +158,12 @@ def record_add(session: Session, request_id: str, *, changed: bool | None, add_c
 
 def release(session: Session, request_id: str, now: datetime) -> None:
     """The grant ended: it no longer holds its membership (called in the ending transition's transaction)."""
-    session.execute(update(Hold).where(Hold.request_id == request_id, Hold.held.is_(True))
+    release_all(session, [request_id], now)
+
+
+def release_all(session: Session, request_ids: list[str], now: datetime) -> None:
+    """`release` of many grants in one statement (a mass expiry)."""
+    session.execute(update(Hold).where(Hold.request_id.in_(request_ids), Hold.held.is_(True))
                     .values(held=False, released_at=now).execution_options(synchronize_session=False))
 
 
