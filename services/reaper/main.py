@@ -35,7 +35,7 @@ def build(runtime: Runtime, port: WinRMPort | None = None) -> int:
         revoker.work(request_id, in_process=in_process)
         runtime.relay.wake()
 
-    pool = RevocationPool(settings.revocation_threads, work)
+    pool = RevocationPool(settings.revocation_threads, work, revoker.claim_due)
     sweeper = Sweeper(runtime.factory, runtime.clock, revoker.claim_due, pool.room, pool.submit,
                       revoker.lease_until)
     process = make_process(runtime.factory, runtime.clock, lambda rid: pool.submit(rid, in_process=True),
