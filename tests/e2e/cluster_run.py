@@ -51,10 +51,10 @@ class Daemons:
         return [[str(x.get("node")) for x in lines if x.get("event") == event] for event in READY[daemon]]
 
     def on_node_other_than(self, node: str, counts: dict[str, list[int]]) -> bool:
-        """Every consumer of every daemon reconnected (a ready line after `counts`) to a node other than `node`."""
+        """Every consumer that was on `node` (its last ready line among the first `counts`) is now on another."""
         for daemon in DAEMONS:
             for before, nodes in zip(counts[daemon], self.ready_nodes(daemon), strict=True):
-                if len(nodes) <= before or nodes[-1] == node:
+                if nodes[before - 1] == node and nodes[-1] == node:
                     return False
         return True
 

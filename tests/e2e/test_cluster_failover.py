@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.db.models import OutboxEvent
+from shared.routes import delete_all
 from shared.settings import Settings
 from shared.states import State
 from shared.trust import broker_user, everyone_as
@@ -29,7 +34,7 @@ from tests.e2e.reaper_processes import confirmations, states
 from tests.e2e.reaper_processes import sim as sim
 from tests.factories import ADMINISTRATORS, HostSpec, seed_config
 from tests.integration.test_elevator_sim import WARNING_FILTERS
-from tests.rabbitmq_cluster import RabbitCluster
+from tests.rabbitmq_cluster import ExternalCluster, RabbitCluster
 from tests.reliability_record import Record
 from tests.support import poll
 from winrm_sim import SimulatedHost
@@ -43,38 +48,41 @@ COMMAND = ("JIT_CLUSTER_LIFECYCLES={n} JIT_CLUSTER_SECONDS={s:g} .venv/bin/pytes
 
 
 @pytest.fixture
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
-    started = RabbitCluster(tmp_path_factory.mktemp("cluster")).start()
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster | ExternalCluster]:
+    started = ExternalCluster.from_environment() or RabbitCluster(tmp_path_factory.mktemp("cluster")).start()
     yield started
     started.stop()
 
 
-def cluster_settings(cluster: RabbitCluster, database_url: str) -> Settings:
+def cluster_settings(cluster: RabbitCluster | ExternalCluster, database_url: str) -> Settings:
+    name = f"cluster-{uuid.uuid4().hex[:8]}"
     return Settings(
-        amqp_url=cluster.amqp_url, database_url=database_url, exchange="cluster.events", queue_prefix="cluster",
+        amqp_url=cluster.amqp_url, database_url=database_url, exchange=f"{name}.events", queue_prefix=name,
         queue_type="quorum", sweep_interval_seconds=0.5, outbox_poll_seconds=0.1, retry_initial_seconds=0.2,
         retry_max_seconds=2.0, lease_seconds=5.0, shutdown_grace_seconds=10.0,
         publishers=everyone_as(broker_user(cluster.amqp_url)))
 
 
-def fail_over(cluster: RabbitCluster, daemons: Daemons, record: Record) -> float:
-    """Stop the node the elevator's consumer is on; wait until every consumer is on another; start it again."""
-    node_address = daemons.ready_nodes("elevator")[0][-1]
-    [victim] = [n for n in cluster.nodes if n.amqp_url.split("@")[1].startswith(node_address)]
+def fail_over(cluster: RabbitCluster | ExternalCluster, daemons: Daemons) -> tuple[float, float]:
+    """Stop the node the elevator's consumer is on; wait until every consumer is on another; start it again.
+    Returns how long until every consumer was on another node, and how long the node was down."""
+    address = daemons.ready_nodes("elevator")[0][-1]
+    [victim] = [i for i, url in enumerate(cluster.urls) if f"{urlsplit(url).hostname}:{urlsplit(url).port}" == address]
     counts = daemons.ready_counts()
     stopped = time.monotonic()
     cluster.stop_node(victim)
-    poll(lambda: daemons.on_node_other_than(node_address, counts), 90, f"every consumer off {victim.node}")
+    poll(lambda: daemons.on_node_other_than(address, counts), 90, f"every consumer off {address}")
     failover = time.monotonic() - stopped
     cluster.start_node(victim)
-    record.tried(f"RabbitMQ node stopped (VM down) for {time.monotonic() - stopped:.0f} s, then started",
-                 kind="fault", at=[time.time()], outcome="every consumer reconnected to another node by itself; "
-                 "the node rejoined and its quorum replicas caught up")
-    return failover
+    return failover, time.monotonic() - stopped
+
+
+def ours(members: dict[str, tuple[set[str], set[str]]], settings: Settings) -> dict[str, tuple[set[str], set[str]]]:
+    return {name: m for name, m in members.items() if name.startswith(f"{settings.queue_prefix}.")}
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_daemons_fail_over_while_nodes_stop_and_start(cluster: RabbitCluster, database_url: str,
+def test_daemons_fail_over_while_nodes_stop_and_start(cluster: RabbitCluster | ExternalCluster, database_url: str,
                                                        factory: sessionmaker[Session], sim: SimulatedHost,
                                                        tmp_path: Path) -> None:
     record = Record("cluster", f"n{LIFECYCLES}", command=COMMAND.format(n=LIFECYCLES, s=SECONDS),
@@ -85,23 +93,31 @@ def test_daemons_fail_over_while_nodes_stop_and_start(cluster: RabbitCluster, da
     try:
         poll(lambda: all(counts == [1] * len(counts) for counts in daemons.ready_counts().values()), 90,
              "every daemon consuming")
-        everywhere = {n.node for n in cluster.nodes}
-        replicas_before = cluster.queue_members()
+        replicas_before = ours(cluster.queue_members(), settings)
         upstream = Upstream(settings, factory, sim.address)
         ids = upstream.play(LIFECYCLES, SECONDS)
         time.sleep(min(2.0, SECONDS / 4))
-        failovers = [fail_over(cluster, daemons, record) for _ in range(2)]
+        faults_at = []
+        failovers = []
+        for _ in range(2):
+            faults_at.append(time.time())
+            failovers.append(fail_over(cluster, daemons))
         assert upstream.done.wait(240) and upstream.error is None, upstream.error
         final = poll(lambda: (found := states(factory, ids)) and all(
             s in (State.REVOKED, State.FAILED, State.DENIED) for s in found.values()) and found, 120,
             "every lifecycle final")
         alive = daemons.alive()
-        replicas_after = poll(lambda: (m := cluster.queue_members()) and all(
-            online == everywhere for _, online in m.values()) and m, 60, "every quorum replica online")
+        replicas_after = poll(lambda: (m := ours(cluster.queue_members(), settings)) and all(
+            len(online) == cluster.size for _, online in m.values()) and m, 60, "every quorum replica online")
         changes = Counter((c.op, c.member_sid) for c in sim.host.changes)
         audited = confirmations(factory, ids)
+        with factory() as session:
+            published = session.scalar(select(func.count()).select_from(OutboxEvent).where(
+                OutboxEvent.published_at.is_not(None)))
     finally:
         codes = daemons.stop()
+        if isinstance(cluster, ExternalCluster):
+            delete_all(settings)
     accounts = [f"acct-0-{i}" for i in range(LIFECYCLES)]
     added = {a: changes[("add", sim.sid_of(a))] for a in accounts}
     removed = {a: changes[("remove", sim.sid_of(a))] for a in accounts}
@@ -122,13 +138,18 @@ def test_daemons_fail_over_while_nodes_stop_and_start(cluster: RabbitCluster, da
             and all(len(nodes) >= 2 for nodes in nodes_used.values()),
             f"alive {alive}, connection losses {reconnects}, nodes reached {nodes_used}"),
         "every quorum queue replicated on the three nodes": (
-            bool(replicas_before) and all(members == everywhere for members, _ in replicas_before.values())
+            bool(replicas_before) and all(len(members) == cluster.size for members, _ in replicas_before.values())
             and set(replicas_after) == set(replicas_before), f"{len(replicas_before)} quorum queues"),
         "SIGTERM: every daemon exits 0": (set(codes.values()) == {0}, f"{codes}"),
     }
+    record.tried("RabbitMQ node of the daemons stopped, then started again", kind="fault", count=len(failovers),
+                 at=faults_at, outcome=f"every consumer on another node within {max(f for f, _ in failovers):.1f} s, "
+                 f"by itself; the node back after {max(d for _, d in failovers):.0f} s at most, replicas caught up")
     for what, (ok, detail) in checks.items():
         record.checked(what, ok=ok, detail=detail)
-    record.extra = {"failover_seconds": [round(f, 1) for f in failovers], "publish_retries": upstream.retries,
+    record.extra = {"failover_seconds": [round(f, 1) for f, _ in failovers],
+                    "node_down_seconds": [round(d, 1) for _, d in failovers], "upstream_events": 2 * LIFECYCLES,
+                    "upstream_publish_retries": upstream.retries, "daemon_events_published": published,
                     "winrm_commands": sim.counters.get("commands")}
     record.write()
     assert all(ok for ok, _ in checks.values()), {w: d for w, (ok, d) in checks.items() if not ok}
