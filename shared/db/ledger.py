@@ -203,16 +203,26 @@ def adopt_standing(session: Session, *, host: str, group_sid: str, account_sid: 
 def watch(session: Session, *, host: str, group_sid: str, target: dict[str, Any], now: datetime,
           interval: float) -> None:
     """Make sure the reconciler watches (host, group) with the newest way to reach it: a new target is
-    listed at once (its standing members become the baseline), a known one within `interval`."""
+    listed at once (its standing members become the baseline), a known one within `interval`.
+
+    The row is written only when the way to reach the host changed: every grant on the host passes here,
+    and rewriting one row per grant (the snapshot names the grant's account) serialised all of them on its
+    row lock until each grant's transaction committed."""
     row = session.get(ReconcileTarget, (host, group_sid))
     if row is None:
         session.execute(_insert(session)(ReconcileTarget).values(
             host=host, group_sid=group_sid, target=target, next_at=now).on_conflict_do_nothing())
         return
-    row.target = target
+    if _reach(row.target) != _reach(target):
+        row.target = target
     due = now + timedelta(seconds=interval)
     if row.next_at > due:
         row.next_at = due
+
+
+def _reach(target: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the reconciler uses of a target snapshot (shared.db.targets.Target): all but the grant's account."""
+    return None if target is None else {k: v for k, v in target.items() if k != "account"}
 
 
 def reconcile_soon(session: Session, host: str, group_sid: str | None, now: datetime) -> None:
