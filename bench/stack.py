@@ -79,7 +79,8 @@ class Stack:
     """One simulated host, a fresh database and vhost, one process per daemon; `stop` removes them all."""
 
     def __init__(self, folder: Path, *, secrets: int, ps_startup_ms: float = 0.0, latency_ms: float = 0.0,
-                 overrides: dict[str, Any] | None = None, log_level: str = "warning", server: str = SERVER) -> None:
+                 overrides: dict[str, Any] | None = None, log_level: str = "warning", server: str = SERVER,
+                 daemon_env: dict[str, str] | None = None, daemon_argv: dict[str, list[str]] | None = None) -> None:
         self.folder = folder
         self.secrets = secrets
         self.ps_startup_ms = ps_startup_ms
@@ -87,6 +88,8 @@ class Stack:
         self.overrides = overrides or {}
         self.log_level = log_level
         self.server = server
+        self.daemon_env = daemon_env or {}  # e.g. PYTHONPATH of another checkout: a before/after comparison
+        self.daemon_argv = daemon_argv or {}  # a daemon's command line instead of its console script
         self.children = Children(folder)
         self.vhost = f"jit-bench-{uuid.uuid4().hex[:8]}"
         self.settings: Settings | None = None
@@ -128,9 +131,9 @@ class Stack:
                     username="CORP\\svc-jit", secrets_per_host=self.secrets, approval_required=False)
         engine.dispose()
         env |= {f"JIT_{k.upper()}": str(v) for k, v in self.settings.model_dump().items() if v is not None}
-        env |= {"JIT_LOG_FORMAT": "json", "JIT_LOG_LEVEL": self.log_level}
+        env |= {"JIT_LOG_FORMAT": "json", "JIT_LOG_LEVEL": self.log_level} | self.daemon_env
         for name in DAEMONS:
-            self.children.start(name, [script(f"jit-{name}")], env)
+            self.children.start(name, self.daemon_argv.get(name, [script(f"jit-{name}")]), env)
         deadline = time.monotonic() + 60
         while not all(consumers_on(self.settings, self.settings.queue(n)) for n in DAEMONS):
             self.children.check_alive()
