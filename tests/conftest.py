@@ -177,6 +177,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Log as the daemons do (JSON to stderr) from the start: structlog's default prints to stdout, where an
+    in-process daemon's lines would mix with what a `jitctl` run printed."""
+    from shared import logs
+
+    logs.configure("info", "json")
+
+
 @pytest.fixture(autouse=True)
 def _logging_restored() -> Iterator[None]:
     """A test that runs `jitctl`'s main in-process reconfigures logging for the whole process (warning level,

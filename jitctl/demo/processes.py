@@ -56,6 +56,9 @@ class Children:
                 proc.wait()
         for f in self._files:
             f.close()
+        for proc in self.procs.values():
+            if proc.stdout is not None:  # the simulator's ready-line pipe
+                proc.stdout.close()
 
 
 def start_simulator(children: Children, addresses: list[str], env: dict[str, str]) -> dict[str, Any]:
