@@ -116,11 +116,15 @@ class RabbitNode:
                               text=True, timeout=timeout, check=True)
         return done.stdout
 
-    def restart_app(self) -> None:
-        """Stop and start the RabbitMQ application (the Erlang node stays): every client connection drops."""
-        self.ctl("stop_app")
-        self.ctl("start_app")
-        self.ctl("await_startup")
+    def restart_app(self) -> dict[str, float]:
+        """Stop and start the RabbitMQ application (the Erlang node stays): every client connection drops.
+        Returns the seconds each step took."""
+        took = {}
+        for step in ("stop_app", "start_app", "await_startup"):
+            started = time.monotonic()
+            self.ctl(step)
+            took[step] = round(time.monotonic() - started, 1)
+        return took
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,17 +70,19 @@ class Record:
         self.rows: dict[str, dict[str, Any]] = {}
         self.checks: list[dict[str, Any]] = []
         self.extra: dict[str, Any] = {}
+        self._lock = threading.Lock()  # faults may be recorded from several threads
 
     def tried(self, what: str, *, kind: str, outcome: str, count: int = 1, ok: bool = True,
               at: list[float] | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
-        row = self.rows.setdefault(what, {"what": what, "kind": kind, "count": 0, "at": [], "outcome": outcome,
-                                          "ok": True})
-        row["count"] += count
-        row["at"].extend(round(t, 3) for t in at or [])
-        row["outcome"] = outcome
-        row["ok"] = row["ok"] and ok
+        with self._lock:
+            row = self.rows.setdefault(what, {"what": what, "kind": kind, "count": 0, "at": [], "outcome": outcome,
+                                              "ok": True})
+            row["count"] += count
+            row["at"].extend(round(t, 3) for t in at or [])
+            row["outcome"] = outcome
+            row["ok"] = row["ok"] and ok
 
     def checked(self, what: str, *, ok: bool, detail: str = "") -> None:
         self.checks.append({"what": what, "ok": ok, "detail": detail})
@@ -98,11 +101,7 @@ class Record:
         return path
 
 
-def load(folder: Path | None = None) -> list[dict[str, Any]]:
-    """Every result file of this format in the folder, sorted by suite and case (other JSON is skipped)."""
-    found = []
-    for path in sorted((folder or results_dir()).glob("*--*.json")):
-        data = json.loads(path.read_text())
-        if isinstance(data, dict) and data.get("format") == FORMAT:
-            found.append(data)
-    return sorted(found, key=lambda d: (d["suite"], d["case"]))
+def database_kind(url: str) -> str:
+    """`sqlite` or `postgresql`: the case-name suffix of a test that runs on both databases."""
+    return url.split(":", 1)[0].split("+", 1)[0]
+

@@ -34,9 +34,11 @@ from shared.settings import Settings
 from tests.conftest import settings_env
 from tests.factories import HostSpec, seed_config
 from tests.integration.approval_harness import approval_running, poll, requested
+from tests.reliability_record import Record, database_kind
 from tests.support import running
 
 pytestmark = [pytest.mark.rabbitmq]
+COMMAND = ".venv/bin/pytest -p no:cacheprovider tests/integration/test_dead_letters.py"
 
 
 def depth(settings: Settings, queue: str) -> int:
@@ -141,6 +143,13 @@ def test_poison_is_dead_lettered_at_once_with_a_reason_and_the_queue_behind_keep
              "the poison back in the dead-letter queue")
     with factory() as s:
         assert s.scalar(select(Request).where(Request.id.notin_(goods))) is None
+    record = Record("dead-letters", f"poison-{database_kind(settings.database_url)}", command=COMMAND)
+    for name, (_, why) in bad.items():
+        record.tried(f"poison body: {name}", kind="bad input", outcome=f"refused ({why}), dead-lettered at once, "
+                     "the good event behind processed; replayed: refused again")
+    record.tried("valid event for an unknown request", kind="bad input", outcome="refused with a reason, acked")
+    record.checked("the queue behind keeps flowing", ok=True, detail=f"{len(goods)} good events processed")
+    record.write()
 
 
 def _dead_letter(settings: Settings, event: Event) -> None:
@@ -189,6 +198,10 @@ def test_replay_is_idempotent_an_event_already_processed_has_one_effect(
             rows_ = s.scalars(select(AuditEntry).where(AuditEntry.request_id == event.data.request_id)).all()
             assert len([a for a in rows_ if a.event_id == event.id]) == 1, [(a.action, a.event_id) for a in rows_]
             assert s.scalar(select(InboxEvent).where(InboxEvent.event_id == event.id)) is not None
+    record = Record("dead-letters", f"replay-{database_kind(settings.database_url)}", command=COMMAND)
+    record.tried("dead letter replayed (one already applied, one not)", kind="fault", count=2,
+                 outcome="one effect per event (inbox)")
+    record.write()
 
 
 @pytest.fixture
@@ -221,3 +234,7 @@ def test_a_transient_database_failure_is_retried_with_backoff_and_not_dead_lette
     assert calls == [event.id] * 3  # retried in place: never requeued (that would be a 4th call)
     assert not [e for e in logs if e["event"] in ("event.requeued", "event.rejected")]
     assert dead(runtime.settings) == 0 and depth(runtime.settings, runtime.settings.queue(NAME)) == 0
+    record = Record("dead-letters", f"transient-{database_kind(runtime.settings.database_url)}", command=COMMAND)
+    record.tried("database failure while processing (OperationalError)", kind="fault", count=2,
+                 outcome="retried in place with backoff; not requeued, not dead-lettered")
+    record.write()

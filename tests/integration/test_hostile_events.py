@@ -38,6 +38,7 @@ from shared.trust import broker_user
 from shared.winrm import scripts
 from tests.factories import HostSpec, make_request, seed_config
 from tests.integration.test_elevator_sim import ENV, approved_event, client
+from tests.reliability_record import Record, database_kind
 from winrm_sim import SimulatedHost
 
 WARNING_FILTERS = ["ignore::DeprecationWarning:requests_ntlm.*", "ignore::DeprecationWarning:urllib3.*"]
@@ -205,6 +206,12 @@ def fuzz(world: World, daemon: str, keys: tuple[str, ...]) -> dict[Outcome, int]
     one()
     # Not only refused at the door: a good share passed validation and trust and reached the processor.
     assert outcomes[Outcome.ACK] >= 5 and outcomes[Outcome.REJECT] >= 5, outcomes
+    record = Record("hostile-input", f"{daemon}-{database_kind(str(world.factory.kw['bind'].url))}",
+                    command=".venv/bin/pytest -p no:cacheprovider tests/integration/test_hostile_events.py")
+    record.tried(f"hypothesis event bodies through jit-{daemon}'s handler", kind="bad input",
+                 count=sum(outcomes.values()), outcome=f"{outcomes[Outcome.ACK]} acked, {outcomes[Outcome.REJECT]} "
+                 "dead-lettered; no exception, no add but the approved one, every script a fixed template")
+    record.write()
     return outcomes
 
 
