@@ -50,6 +50,7 @@ class StatusServer:
         self.answered = 0  # replies computed by this replica (tests and the benchmark read it)
         self._count = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.node: str | None = None  # the broker node of the last connection: a reconnect begins after it
 
     @contextmanager
     def running(self) -> Iterator[StatusServer]:
@@ -95,7 +96,8 @@ class StatusServer:
                 self.stopping.wait(delay)
 
     def _serve(self) -> None:
-        connection = connect(self.settings.amqp_url, name="jit-approval status")
+        connection = connect(self.settings.amqp_url, name="jit-approval status", after=self.node)
+        self.node = node_of(connection)
         try:
             channel = connection.channel()
             declare_exchange(channel, self.settings)
@@ -106,7 +108,7 @@ class StatusServer:
             channel.basic_qos(prefetch_count=self.settings.prefetch)
             channel.basic_consume(queue=queue, on_message_callback=partial(self._on_message, connection))
             self.ready.set()
-            log.info("status.server.ready", queue=queue, node=node_of(connection))
+            log.info("status.server.ready", queue=queue, node=self.node)
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=0.2)
             self.ready.clear()

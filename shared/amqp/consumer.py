@@ -64,6 +64,7 @@ class Consumer:
         self._tally = Tally()
         self._heartbeat = heartbeat or Heartbeat(f"{daemon}-consumer")
         self._connected = False
+        self._node: str | None = None  # the broker node of the last connection (host:port)
 
     @property
     def ready(self) -> threading.Event:
@@ -121,7 +122,8 @@ class Consumer:
 
     def _consume(self, pool: WorkerPool) -> None:
         """One connection's life: returns after a drained stop, raises when the connection is lost."""
-        connection = connect(self._settings.amqp_url, name=f"jit-{self._daemon} consumer")
+        connection = connect(self._settings.amqp_url, name=f"jit-{self._daemon} consumer", after=self._node)
+        self._node = node_of(connection)
         self._connected = True
         session: Session | None = None
         try:
@@ -136,7 +138,7 @@ class Consumer:
             self._failures = 0
             self._ready.set()
             log.info("amqp.consumer.ready", daemon=self._daemon, queue=queue, prefetch=self._prefetch,
-                     workers=self._workers, node=node_of(connection))
+                     workers=self._workers, node=self._node)
             while not self._stopping.is_set():
                 self._heartbeat.beat()
                 connection.process_data_events(time_limit=_POLL_SECONDS)

@@ -22,6 +22,8 @@ from shared.amqp.connection import (
     close_quietly,
     connection_parameters,
     heartbeat_of,
+    node_of,
+    rotated,
 )
 from shared.amqp.topology import declare_exchange
 from shared.logs import get_logger
@@ -47,6 +49,7 @@ class Publisher:
         # pika connections are not thread-safe: every use of the connection holds this lock.
         self._lock = threading.Lock()
         self._connection: pika.BlockingConnection | None = None
+        self._node: str | None = None  # the broker node of the last connection: a reconnect begins after it
         self._channel: BlockingChannel | None = None
         self._closed = False
         self._stop_pump = threading.Event()
@@ -116,7 +119,8 @@ class Publisher:
                 # Sleeping under the lock is deliberate: other publishers would only fail the same way.
                 time.sleep(backoff_delay(attempt - 1))
             try:
-                connection = pika.BlockingConnection(self._params)
+                connection = pika.BlockingConnection(rotated(self._params, self._node))
+                self._node = node_of(connection)
             except CONNECTION_ERRORS as exc:
                 last = exc
                 log.warning("amqp.connection.failed", attempt=attempt + 1, error=repr(exc))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.amqp.connection import connection_parameters
+from shared.amqp.connection import connection_parameters, rotated
 from shared.logs import hide_password
 from shared.settings import Settings, SettingsError, check_amqp_url, node_urls
 from shared.trust import broker_user, plaintext_warnings
@@ -27,6 +27,17 @@ def test_several_urls_are_the_nodes_in_their_order() -> None:
     assert [(p.host, p.port) for p in params] == [("10.0.0.1", 5672), ("10.0.0.2", 5673), ("10.0.0.3", 5672)]
     assert {p.virtual_host for p in params} == {"prod"}
     assert all(p.heartbeat == 30 and p.client_properties["connection_name"].startswith("jit test ") for p in params)
+
+
+def test_a_reconnect_begins_with_the_node_after_the_one_it_lost() -> None:
+    params = connection_parameters(THREE, name="t")
+    assert [p.host for p in rotated(params, None)] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert [p.host for p in rotated(params, "10.0.0.1:5672")] == ["10.0.0.2", "10.0.0.3", "10.0.0.1"]
+    assert [p.host for p in rotated(params, "10.0.0.3:5672")] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert [p.host for p in rotated(params, "10.0.0.2:5673")] == ["10.0.0.3", "10.0.0.1", "10.0.0.2"]
+    assert rotated(params, "10.0.0.9:5672") == params
+    [one] = connection_parameters(ONE, name="t")
+    assert rotated([one], "localhost:5672") == [one]
 
 
 @pytest.mark.parametrize("value, message", [
