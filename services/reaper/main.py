@@ -45,8 +45,9 @@ def build(runtime: Runtime, port: WinRMPort | None = None) -> int:
                 Periodic("reconciler", settings.sweep_interval_seconds, reconciler)]
     if settings.expiry_timers:
         timers = ExpiryTimers(runtime.factory, runtime.clock, sweeper.expire, interval=settings.sweep_interval_seconds,
-                              cap=settings.expiry_timers, stopping=runtime.stopping)
-        periodic.append(Periodic("expiry-timers", 0.0, timers.step))  # each step waits for its next timer
+                              cap=settings.expiry_timers)
+        periodic += [Periodic("expiry-timers.read", settings.sweep_interval_seconds, timers.arm),
+                     Periodic("expiry-timers", 0.0, timers.step)]  # each step waits for its next timer
     try:
         return runtime.serve(ROUTING_KEYS, process, periodic=periodic)
     finally:

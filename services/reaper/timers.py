@@ -14,7 +14,6 @@ window shorter than a sweep interval, timers beyond the cap, a replica that was 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -35,11 +34,11 @@ def ending_soon(session: Session, until: datetime, cap: int) -> list[tuple[datet
 
 
 class ExpiryTimers:
-    """The armed timers of one replica: `arm` reads them, `fire_due` ends what has come, `step` is the
-    loop's body (run by a `Periodic` job of the daemon)."""
+    """The armed timers of one replica: `arm` reads them (a periodic job), `step` waits for the next one
+    and fires it (another job, so a read never delays a timer)."""
 
     def __init__(self, factory: sessionmaker[Session], clock: Clock, expire: Callable[[datetime], object], *,
-                 interval: float, cap: int, stopping: threading.Event | None = None) -> None:
+                 interval: float, cap: int) -> None:
         self.factory = factory
         self.clock = clock
         self.expire = expire
@@ -47,12 +46,10 @@ class ExpiryTimers:
         self.cap = cap
         self._armed: list[tuple[datetime, str]] = []
         self._full = False
-        self._read_at = float("-inf")  # time.monotonic() of the last read
-        self._lock = threading.Lock()
-        self._stopping = stopping or threading.Event()
+        self._changed = threading.Condition()
 
     def armed(self) -> list[tuple[datetime, str]]:
-        with self._lock:
+        with self._changed:
             return list(self._armed)
 
     def arm(self) -> None:
@@ -60,34 +57,32 @@ class ExpiryTimers:
         until = self.clock.now() + timedelta(seconds=HORIZON_INTERVALS * self.interval)
         with self.factory() as session:
             armed = ending_soon(session, until, self.cap)
-        with self._lock:
+        with self._changed:
             self._armed = armed
             self._full = len(armed) >= self.cap
-            self._read_at = time.monotonic()
+            self._changed.notify_all()
 
     def fire_due(self) -> bool:
         """End what is due now if a timer has come; True if one had."""
         now = self.clock.now()
-        with self._lock:
+        with self._changed:
             come = [t for t in self._armed if t[0] <= now]
             if not come:
                 return False
             self._armed = self._armed[len(come):]
-            if self._full and not self._armed:
-                self._read_at = float("-inf")  # more were due than the cap: read the next ones at once
+            more = self._full and not self._armed
         self.expire(now)
+        if more:  # more were due than the cap: read the next ones now
+            self.arm()
         return True
 
     def step(self) -> None:
-        """Read when the last read is an interval old, else wait for the next timer (or the next read)
-        and fire it."""
-        if time.monotonic() - self._read_at >= self.interval:
-            self.arm()
+        """Fire what has come, else wait for the next timer or a new read (at most one interval, so the
+        daemon's stop is seen within one)."""
         if self.fire_due():
             return
-        with self._lock:
-            read_in = self._read_at + self.interval - time.monotonic()
+        with self._changed:
             first = self._armed[0][0] if self._armed else None
-        wait = read_in if first is None else min(read_in, (first - self.clock.now()).total_seconds())
-        if wait > 0:
-            self._stopping.wait(wait)
+            wait = self.interval if first is None else min(self.interval, (first - self.clock.now()).total_seconds())
+            if wait > 0:
+                self._changed.wait(wait)

@@ -155,8 +155,7 @@ def test_the_timer_loop_ends_a_window_without_a_sweep(seeded: sessionmaker[Sessi
     expires_at = request(seeded, rid).expires_at
     stopping = threading.Event()
     replica = Replica(seeded, clock)
-    replica.timers = ExpiryTimers(seeded, clock, replica.sweeper.expire, interval=INTERVAL, cap=10,
-                                  stopping=stopping)
+    replica.timers.arm()  # the daemon's periodic read
 
     def loop() -> None:
         while not stopping.is_set():
