@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -92,6 +93,10 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     fig.savefig(path)
 
 
+def _stop(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lifecycles", type=int, default=10_000)
@@ -100,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ps-startup-ms", type=float, default=0.0)
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)  # stop the stack, drop its database and vhost, as on Ctrl-C
     with tempfile.TemporaryDirectory(prefix="jit-bench-memory-") as folder:
         report = run(args.lifecycles, args.warmup, args.chunk, args.ps_startup_ms, Path(folder))
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=1))

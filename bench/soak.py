@@ -23,10 +23,10 @@ backlog. Not part of CI (half an hour):
      "samples": [{"at": seconds, "rss_kb": {daemon: kB}, "fds": {daemon: n}, "db_connections": {daemon: n},
                   "outbox_backlog": n}]}
 
-`start` is the smallest sample in the window (`WINDOW_SECONDS`) right after the warm-up, `end` the smallest in
-the last window under load: what is held at rest between bursts of work, which a leak raises and work in
-flight does not (`*_mean` are the windows' means, `max` the largest sample after the warm-up; `growth_pct`
-is end against start, null when start is 0). RSS is ok under 5% growth. File descriptors and database
+`start` is the median sample of the window (`WINDOW_SECONDS`) right after the warm-up, `end` the median of
+the last window under load: a leak moves it, a burst of work in flight at one sample does not (`*_mean` are
+the windows' means, `max` the largest sample after the warm-up; `growth_pct` is end against start, null when
+start is 0). RSS is ok under 5% growth. File descriptors and database
 sessions are small integers held in bounded pools (WinRM connections, the SQLAlchemy pool): ok under 5%
 growth or when they grew by at most one. The backlog is work in flight: ok when it grew less than 5% or
 stays within one second of lifecycles (`rate` rows).
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import tempfile
 import threading
@@ -76,7 +77,7 @@ def _figure(after: list[Sample], kind: str, daemon: str | None, rate: float) -> 
     values = [getattr(s, kind) if daemon is None else getattr(s, kind)[daemon] for s in after]
     window = sum(1 for s in after if s.at - after[0].at < WINDOW_SECONDS)
     first, last = values[:window], values[-window:]
-    start, end = min(first), min(last)
+    start, end = statistics.median_low(first), statistics.median_low(last)
     below_goal = end < start * (1 + GOAL_PERCENT / 100)
     if kind == "rss_kb":
         ok = below_goal
@@ -164,6 +165,10 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     fig.savefig(path)
 
 
+def _stop(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)  # stop the stack, drop its database and vhost, as on Ctrl-C
     with tempfile.TemporaryDirectory(prefix="jit-bench-soak-") as folder:
         report = run(args.minutes, args.rate, args.warmup_minutes, args.interval, Path(folder))
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=1))
