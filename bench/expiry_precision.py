@@ -1,0 +1,135 @@
+"""Expiry precision: how long after a window's `expires_at` does its removal start?
+
+N ELEVATED grants (ledger holds written to the database, each account a member on the host) end
+staggered over `--spread` seconds on one simulated host (`jit-winrm-sim`, NTLM with message encryption);
+one real `jit-reaper` process ends them, twice in the same run: with `JIT_EXPIRY_TIMERS=0` (before: the
+sweep alone, every `sweep_interval_seconds`) and with the expiry timers on (after). Per request:
+- ended: the ending transaction's instant (`revoking_since`, database) - `expires_at`;
+- removal started: when the host received the `revoke` run (the simulator's command log) - `expires_at`.
+Goal: removal started p99 under 250 ms.
+
+    .venv/bin/python -m bench.expiry_precision [--requests 1000] [--spread 50] [--engine postgres|sqlite] \\
+        [--ps-startup-ms 0] [--out bench/results/expiry_precision.json]
+
+Needs RabbitMQ (JIT_AMQP_URL or the local default) and, for PostgreSQL, the local server (trust). Uses its
+own exchange, queue names and database, and removes them afterwards. Writes JSON and a PNG of the
+distributions next to it (matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from bench.expiry_world import percentiles, reapers, rows, seed_grants, seed_hosts, sims, wait_revoked
+from bench.scratch import scratch_database
+from shared.db.engine import make_engine, session_factory
+from shared.db.migrate import upgrade
+from shared.routes import delete_all
+from shared.settings import Settings
+from shared.trust import broker_user, everyone_as
+
+MODES = (("sweep only (before)", 0), ("expiry timers (after)", 1000))
+LEAD_SECONDS = 3.0  # the first window ends this long after the rows are written
+
+
+def measure(factory: Any, world: Any, settings: Settings, timers: int, first: int, n: int,
+            spread: float) -> dict[str, Any]:
+    start: list[datetime] = []
+
+    def expires_at(k: int) -> datetime:
+        if not start:
+            start.append(datetime.now(UTC) + timedelta(seconds=LEAD_SECONDS))
+        return start[0] + timedelta(seconds=spread * k / n)
+
+    with reapers(settings.model_copy(update={"expiry_timers": timers}), 1):
+        time.sleep(2)  # the daemon connects and starts its sweeper and timers
+        ids = seed_grants(factory, world, [(0, first + k) for k in range(n)], expires_at, datetime.now(UTC))
+        wait_revoked(factory, ids, spread + LEAD_SECONDS + 120)
+    started = world.revoke_runs(0)
+    ended, removal = [], []
+    for row in rows(factory, ids):
+        ended.append((row["revoking_since"] - row["expires_at"]).total_seconds())
+        removal.append(started[row["account_sid"]] - row["expires_at"].timestamp())
+    assert world.members(0) == 0, "a member was left on the host"
+    return {"requests": n, "expiry_timers": timers, "ended": percentiles(ended),
+            "removal_started": percentiles(removal),
+            "removal_started_ms": sorted(round(1000 * x, 2) for x in removal)}
+
+
+def run(requests: int, spread: float, engine: str, server: str, amqp: str, ps_startup_ms: float) -> dict[str, Any]:
+    url, drop_database = scratch_database(engine, server)
+    name = f"bench{uuid.uuid4().hex[:6]}"
+    settings = Settings(amqp_url=amqp, database_url=url, exchange=f"{name}.events", queue_prefix=name,
+                        publishers=everyone_as(broker_user(amqp)))
+    db: sa.Engine | None = None
+    try:
+        upgrade(url)
+        db = make_engine(url)
+        factory = session_factory(db)
+        with sims(["127.0.0.1"], processes=1, ps_startup_ms=ps_startup_ms) as world:
+            seed_hosts(factory, world, per_host=requests * len(MODES))
+            results = {label: measure(factory, world, settings, timers, k * requests, requests, spread)
+                       for k, (label, timers) in enumerate(MODES)}
+    finally:
+        if db is not None:
+            db.dispose()
+        delete_all(settings)
+        drop_database()
+    return {"benchmark": "expiry_precision", "cores": os.cpu_count(), "engine": engine, "requests": requests,
+            "spread_seconds": spread, "ps_startup_ms": ps_startup_ms,
+            "sweep_interval_seconds": settings.sweep_interval_seconds, "goal": "removal started p99 < 250 ms",
+            "at": datetime.now(UTC).isoformat(timespec="seconds"), "results": results}
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, result in report["results"].items():
+        values = result["removal_started_ms"]
+        ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=label)
+    ax.axvline(250, color="grey", linestyle="--", label="goal: p99 < 250 ms")
+    ax.set_xlabel("expires_at -> removal started at the host (ms)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title(f"Expiry precision: {report['requests']} windows over {report['spread_seconds']:.0f} s, "
+                 f"{report['engine']}, {report['cores']} cores")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--spread", type=float, default=50.0, help="seconds over which the windows end")
+    parser.add_argument("--engine", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--server", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--amqp", default=os.environ.get("JIT_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"))
+    parser.add_argument("--ps-startup-ms", type=float, default=0.0)
+    parser.add_argument("--out", default="bench/results/expiry_precision.json")
+    args = parser.parse_args()
+    report = run(args.requests, args.spread, args.engine, args.server, args.amqp, args.ps_startup_ms)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    plot(report, out.with_suffix(".png"))
+    for label, result in report["results"].items():
+        print(f"{label}: ended {result['ended']}; removal started {result['removal_started']}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
