@@ -5,8 +5,8 @@ names and ports, one Erlang cookie; the second and third join the first's cluste
 a cluster run elsewhere, named by JIT_TEST_CLUSTER_URL, its nodes stopped and started by commands given.
 
 `amqp_url` is the setting the daemons get: every node's URL, separated by commas. `stop_node` / `start_node`
-take one node down (a private node's Erlang VM stops, as a crashed or rebooted machine would) and bring it back
-with its data; `start_node` returns once it rejoined and every quorum replica is online again.
+take one node down (a private node's Erlang VM shuts down, or is SIGKILLed as in a crash) and bring it back with
+its data; `start_node` returns once it rejoined and every quorum replica is online again.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import time
 import uuid
@@ -23,7 +24,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from shared.settings import node_urls
-from tests.private_servers import RabbitNode
+from tests.private_servers import RabbitNode, stop_group
 
 
 @dataclass
@@ -76,8 +77,12 @@ class RabbitCluster:
         up = [node for node in self.nodes if node.proc is not None and node.proc.poll() is None]
         return quorum_members(up[0].ctl(*LIST_QUEUES, "/"))
 
-    def stop_node(self, index: int) -> None:
-        self.nodes[index].stop()
+    def stop_node(self, index: int, *, crash: bool = False) -> None:
+        """Stop a node's VM (`crash`: SIGKILL it, no shutdown: its connections just break)."""
+        node = self.nodes[index]
+        if crash and node.proc is not None:
+            stop_group(node.proc, sig=signal.SIGKILL)
+        node.stop()
 
     def start_node(self, index: int) -> None:
         self.nodes[index].start()  # returns once its AMQP listener is up: booted, back in the cluster
@@ -129,7 +134,8 @@ class ExternalCluster:
         up = next(i for i in range(self.size) if i not in self.down)
         return quorum_members(self._run("ctl", up, *LIST_QUEUES, unquote(urlsplit(self.urls[up]).path[1:]) or "/"))
 
-    def stop_node(self, index: int) -> None:
+    def stop_node(self, index: int, *, crash: bool = False) -> None:
+        """`crash` is not told apart: the stop command is what can be done to a node run elsewhere."""
         self._run("stop", index)
         self.down.add(index)
 

@@ -30,39 +30,42 @@ READY = {"approval": ("amqp.consumer.ready", "status.server.ready"), "elevator":
 
 
 class Daemons:
-    def __init__(self, settings: Settings, folder: Path) -> None:
+    """`replicas` processes of each daemon, named `<daemon>-<n>`, each logging to `<name>.log`."""
+
+    def __init__(self, settings: Settings, folder: Path, replicas: int = 1) -> None:
         self.children = Children(folder)
         self.folder = folder
         env = {**settings_env(settings), PASSWORD_ENV: SVC_PASSWORD}
-        self.procs = {d: self.children.start(d, [script(f"jit-{d}")], env) for d in DAEMONS}
+        self.names = [f"{d}-{n}" for d in DAEMONS for n in range(replicas)]
+        self.procs = {name: self.children.start(name, [script(f"jit-{kind(name)}")], env) for name in self.names}
 
-    def lines(self, daemon: str) -> list[dict[str, object]]:
+    def lines(self, name: str) -> list[dict[str, object]]:
         found = []
-        for line in (self.folder / f"{daemon}.log").read_text(errors="replace").splitlines():
+        for line in (self.folder / f"{name}.log").read_text(errors="replace").splitlines():
             try:
                 found.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
         return found
 
-    def ready_nodes(self, daemon: str) -> list[list[str]]:
-        """Per consumer of the daemon: the node of each of its ready lines, in order."""
-        lines = self.lines(daemon)
-        return [[str(x.get("node")) for x in lines if x.get("event") == event] for event in READY[daemon]]
+    def ready_nodes(self, name: str) -> list[list[str]]:
+        """Per consumer of the process: the node of each of its ready lines, in order."""
+        lines = self.lines(name)
+        return [[str(x.get("node")) for x in lines if x.get("event") == event] for event in READY[kind(name)]]
 
     def on_node_other_than(self, node: str, counts: dict[str, list[int]]) -> bool:
         """Every consumer that was on `node` (its last ready line among the first `counts`) is now on another."""
-        for daemon in DAEMONS:
-            for before, nodes in zip(counts[daemon], self.ready_nodes(daemon), strict=True):
+        for name in self.names:
+            for before, nodes in zip(counts[name], self.ready_nodes(name), strict=True):
                 if nodes[before - 1] == node and nodes[-1] == node:
                     return False
         return True
 
     def ready_counts(self) -> dict[str, list[int]]:
-        return {d: [len(nodes) for nodes in self.ready_nodes(d)] for d in DAEMONS}
+        return {name: [len(nodes) for nodes in self.ready_nodes(name)] for name in self.names}
 
-    def events(self, daemon: str, name: str) -> int:
-        return sum(1 for x in self.lines(daemon) if x.get("event") == name)
+    def events(self, name: str, event: str) -> int:
+        return sum(1 for x in self.lines(name) if x.get("event") == event)
 
     def alive(self) -> dict[str, bool]:
         return {d: p.poll() is None for d, p in self.procs.items()}
@@ -70,6 +73,11 @@ class Daemons:
     def stop(self) -> dict[str, int | None]:
         self.children.stop_all(grace=40)
         return {d: p.returncode for d, p in self.procs.items()}
+
+
+def kind(name: str) -> str:
+    """`elevator` of `elevator-1`."""
+    return name.rsplit("-", 1)[0]
 
 
 @dataclass
