@@ -167,6 +167,14 @@ class Stack:
             entries: list[dict[str, Any]] = json.loads(answer.read())
         return entries
 
+    def sim_post(self, verb: str, body: dict[str, Any]) -> Any:
+        """POST to the simulator's control endpoint for host 0, e.g. `sim_post("cost", {"ps_startup_ms": 300})`."""
+        request = urllib.request.Request(  # noqa: S310 - the simulator's loopback control endpoint
+            f"{self.control_url}/hosts/0/{verb}", data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - loopback
+            return json.loads(answer.read())
+
     def sim_counters(self) -> dict[str, int]:
         return dict(self.sim_state()["counters"])
 
@@ -198,6 +206,14 @@ class Lifecycle:
         if start in self.times and end in self.times:
             return self.times[end] - self.times[start]
         return None
+
+
+def outcomes(lifecycles: list[Lifecycle]) -> dict[str, int]:
+    """How many lifecycles ended revoked, failed or denied, and how many had not ended (`open`)."""
+    counts = dict.fromkeys(("revoked", "failed", "denied", "open"), 0)
+    for lc in lifecycles:
+        counts[next((k for k in ("revoked", "failed", "denied") if k in lc.times), "open")] += 1
+    return counts
 
 
 class _Tap(threading.Thread):

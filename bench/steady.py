@@ -1,0 +1,100 @@
+"""Steady latency: lifecycles at a steady rate through the real stack (bench/stack.py), at zero simulated cost and
+with a PowerShell start of 300 ms, against one operation's own WinRM time measured in the same run.
+
+    .venv/bin/python -m bench.steady [--rate 20] [--seconds 60] [--accounts 300] [--costs 0,300] \\
+        [--out bench/results/steady.json]
+
+One stack; a warm-up burst grants each of `--accounts` accounts once (so their SIDs are known, as in a
+running deployment), then for each cost (the simulator's `--ps-startup-ms`, set at run time through its
+control endpoint) `rate` requests a second for `seconds`, each checked in as soon as it is elevated.
+Reported per cost: request -> elevated and check-in -> revoked p50/p99/max; one operation's own WinRM
+time (the same scripts, sent one at a time by a bare pywinrm client on one shell: bench/floor.py); and
+lease waits: revocations that ended a lease or more (JIT_LEASE_SECONDS + JIT_RETRY_IN_PROCESS_SECONDS)
+after their check-in, or took more than one attempt. Goal: each p99 within 200 ms of its operation's
+own p50, and no lease wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.floor import one_operation, summary
+from bench.plots import distributions
+from bench.stack import PASSWORD, Lifecycle, Stack, drive, outcomes
+from shared.settings import Settings
+
+OPERATIONS = {"request_to_elevated": "elevate_known", "checkin_to_revoked": "revoke"}
+
+
+def _seconds(lifecycles: list[Lifecycle], start: str, end: str) -> list[float]:
+    return [s for lc in lifecycles if (s := lc.span(start, end)) is not None]
+
+
+def measure(stack: Stack, rate: float, seconds: float, lease: float) -> tuple[dict[str, Any], list[Lifecycle]]:
+    mark = len(stack.sim_log())
+    lifecycles = drive(stack, int(rate * seconds), rate=rate, timeout=lease + 60)
+    log = stack.sim_log()[mark:]
+    own = one_operation(stack.url, PASSWORD, log, list(OPERATIONS.values()), count=40)
+    result: dict[str, Any] = {"lifecycles": len(lifecycles), "rate": rate, "seconds": seconds,
+                              "outcomes": outcomes(lifecycles),
+                              "operation_ms": own}
+    for name, (start, end) in {"request_to_elevated": ("requested", "elevated"),
+                               "checkin_to_revoked": ("checked_in", "revoked")}.items():
+        result[name] = summary(_seconds(lifecycles, start, end))
+        op = own.get(OPERATIONS[name], {})
+        if "p99_ms" in result[name] and "p50_ms" in op:
+            result[name]["p99_over_operation_ms"] = round(result[name]["p99_ms"] - op["p50_ms"], 1)
+    result["lease_waits"] = sum(1 for s in _seconds(lifecycles, "checked_in", "revoked") if s >= lease)
+    result["revocations_retried"] = sum(1 for lc in lifecycles if (lc.revoked.get("attempts") or 1) > 1)
+    result["scripts"] = {n: sum(1 for e in log if e["script_name"] == n) for n in {e["script_name"] for e in log}}
+    return result, lifecycles
+
+
+def run(rate: float, seconds: float, accounts: int, costs: list[float], folder: Path) -> dict[str, Any]:
+    lease = Settings().lease_seconds + Settings().retry_in_process_seconds
+    results: dict[str, Any] = {}
+    latencies: dict[str, dict[str, list[float]]] = {}
+    with Stack(folder, secrets=accounts) as stack:
+        drive(stack, accounts)  # warm-up: every account's first grant (its SIDs learnt)
+        for cost in costs:
+            stack.sim_post("cost", {"ps_startup_ms": cost, "latency_ms": 0.0})
+            results[f"{cost:g}ms"], lifecycles = measure(stack, rate, seconds, lease)
+            latencies[f"ps-startup {cost:g} ms"] = {
+                "request_to_elevated_ms": [1000 * s for s in _seconds(lifecycles, "requested", "elevated")],
+                "checkin_to_revoked_ms": [1000 * s for s in _seconds(lifecycles, "checked_in", "revoked")]}
+    return {"bench": "steady", "cores": os.cpu_count(), "rate": rate, "seconds": seconds, "accounts": accounts,
+            "lease_seconds": lease, "results": results, "latencies": latencies}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--accounts", type=int, default=300)
+    parser.add_argument("--costs", default="0,300", help="the simulator's --ps-startup-ms values, comma-separated")
+    parser.add_argument("--out", default="")
+    parser.add_argument("--logs", default="", help="folder for the daemons' logs (default: a temporary one)")
+    args = parser.parse_args(argv)
+    costs = [float(c) for c in args.costs.split(",")]
+    with tempfile.TemporaryDirectory(prefix="jit-steady-") as tmp:
+        report = run(args.rate, args.seconds, args.accounts, costs, Path(args.logs or tmp))
+    print(json.dumps({k: v for k, v in report.items() if k != "latencies"}, indent=1))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report) + "\n")
+        panels: dict[str, dict[str, list[float]]] = {"request -> elevated": {}, "check-in -> revoked": {}}
+        for name, series in report["latencies"].items():
+            panels["request -> elevated"][name] = series["request_to_elevated_ms"]
+            panels["check-in -> revoked"][name] = series["checkin_to_revoked_ms"]
+        distributions(out.with_suffix(".png"), f"steady {args.rate:g}/s for {args.seconds:g} s, "
+                      f"{report['cores']} cores", panels, log_x=True)
+
+
+if __name__ == "__main__":
+    main()
