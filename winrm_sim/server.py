@@ -56,6 +56,8 @@ class _Shell:
     owner: str
     env: dict[str, str]
     commands: dict[str, _Command] = field(default_factory=dict)
+    idle_timeout: float | None = None  # as Windows does: dropped once unused this long (a dead client's shell)
+    last_used: float = field(default_factory=time.monotonic)
 
 
 class SimulatedHost:
@@ -199,9 +201,10 @@ class SimulatedHost:
     def dispatch(self, req: soap.Request, user: str, client_ip: str) -> tuple[int, bytes]:
         if req.action == "Create":
             with self._lock:
+                self._drop_idle_shells()
                 if sum(1 for s in self._shells.values() if s.owner == user) >= self.max_shells_per_user:
                     return self._fault(req, "Quota")
-                shell = _Shell(soap.new_id(), user, dict(req.env))
+                shell = _Shell(soap.new_id(), user, dict(req.env), idle_timeout=req.idle_timeout)
                 self._shells[shell.id] = shell
                 self.counters["shells_created"] += 1
             return 200, soap.create_response(req, shell.id, self.url, user.split("\\")[-1], client_ip)
@@ -210,6 +213,7 @@ class SimulatedHost:
         if shell_or_none is None:
             return self._fault(req, "InvalidSelectors")
         shell = shell_or_none
+        shell.last_used = time.monotonic()
         if req.action == "Command":
             return self._command(req, shell, user)
         if req.action == "Receive":
@@ -222,6 +226,13 @@ class SimulatedHost:
                 self._shells.pop(shell.id, None)
             return 200, soap.delete_response(req)
         return self._fault(req, "ActionNotSupported")
+
+    def _drop_idle_shells(self) -> None:
+        """Shells unused for longer than their IdleTimeOut are gone (under self._lock)."""
+        now = time.monotonic()
+        for shell in list(self._shells.values()):
+            if shell.idle_timeout is not None and now - shell.last_used > shell.idle_timeout:
+                del self._shells[shell.id]
 
     def _command(self, req: soap.Request, shell: _Shell, user: str) -> tuple[int, bytes]:
         run = execute(self.host, user, req.command, req.arguments, shell.env)

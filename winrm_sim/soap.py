@@ -74,11 +74,20 @@ class Request:
     command: str = ""
     arguments: str = ""
     command_id: str | None = None
+    idle_timeout: float | None = None  # Create: the shell's rsp:IdleTimeOut, if the client gave one
 
 
-def _duration_seconds(text: str | None) -> float:
+def _duration_seconds(text: str | None, default: float = 60.0) -> float:
     match = re.fullmatch(r"PT([0-9.]+)S", (text or "").strip())
-    return float(match.group(1)) if match else 60.0
+    return float(match.group(1)) if match else default
+
+
+def _idle_timeout(text: str | None) -> float | None:
+    """rsp:IdleTimeOut as an xs:duration (PT90S), or the bare number of seconds pywinrm sends (90)."""
+    text = (text or "").strip()
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
+        return float(text)
+    return _duration_seconds(text, default=0.0) or None
 
 
 def parse_request(data: bytes) -> Request:
@@ -105,6 +114,7 @@ def parse_request(data: bytes) -> Request:
     if req.action == "Create":
         for var in body.iterfind("rsp:Shell/rsp:Environment/rsp:Variable", NS):
             req.env[var.get("Name", "")] = var.text or ""
+        req.idle_timeout = _idle_timeout(body.findtext("rsp:Shell/rsp:IdleTimeOut", None, NS))
     elif req.action == "Command":
         req.command = (body.findtext("rsp:CommandLine/rsp:Command", "", NS) or "").strip()
         req.arguments = " ".join(a.text or "" for a in body.iterfind("rsp:CommandLine/rsp:Arguments", NS))
