@@ -122,7 +122,7 @@ class RabbitNode:
         took = {}
         for step in ("stop_app", "start_app", "await_startup"):
             started = time.monotonic()
-            self.ctl(step)
+            self.ctl(step, timeout=600)  # a loaded machine stops the application in minutes, not seconds
             took[step] = round(time.monotonic() - started, 1)
         return took
 

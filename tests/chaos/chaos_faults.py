@@ -71,9 +71,10 @@ class Driver(threading.Thread):
                 self.running.append(thread)
                 self.schedule.pop(0)
             if time.monotonic() >= next_kill:
-                killed = self.world.daemons.kill_and_restart(self.rng) if self.world.daemons else "-"
-                self.record.tried(f"SIGKILL jit-{killed.rsplit('-', 1)[0]} (a replica), started again",
-                                  kind="fault", at=[time.time()], outcome="restarted by the driver")
+                killed = self.world.daemons.kill_and_restart(self.rng) if self.world.daemons else None
+                if killed is not None:
+                    self.record.tried(f"SIGKILL jit-{killed.rsplit('-', 1)[0]} (a consuming replica), started again",
+                                      kind="fault", at=[time.time()], outcome="restarted by the driver")
                 next_kill = time.monotonic() + self.plan.kill_every * self.rng.uniform(0.5, 1.5)
             self.done.wait(0.2)
 

@@ -80,8 +80,13 @@ class Daemons:
         for slot in self.slots:
             self.start(slot)
 
-    def kill_and_restart(self, rng: random.Random) -> str:
-        slot = rng.choice(self.slots)
+    def kill_and_restart(self, rng: random.Random) -> str | None:
+        """SIGKILL a random replica that is up and consuming, and start it again; None when none is (a replica
+        still starting is left alone: on a loaded machine, killing those turns into a restart storm)."""
+        ready = [slot for slot in self.slots if self.consuming(slot)]
+        if not ready:
+            return None
+        slot = rng.choice(ready)
         assert slot.proc is not None
         slot.proc.send_signal(signal.SIGKILL)
         slot.proc.wait(10)

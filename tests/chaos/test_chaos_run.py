@@ -84,14 +84,15 @@ def test_lifecycles_under_chaos_leave_every_group_explained(world: World) -> Non
                 made[item[0]].extend(ids)
 
         driver.start()
-        with ThreadPoolExecutor(concurrency) as pool:
-            for _ in pool.map(one, plan):
-                pass
+        pool = ThreadPoolExecutor(concurrency)
+        try:
+            list(pool.map(one, plan))
+        finally:  # on an interrupt too: the stories not started yet are dropped
+            pool.shutdown(cancel_futures=True)
         while not driver.scheduled_done() and driver.is_alive():
             time.sleep(0.5)
         driver.stop()
         record.extra["publishes_retried_by_upstream"] = up.retried
-    assert driver.error is None, repr(driver.error)
 
     request_ids = [r for ids in made.values() for r in ids]
     deadline = time.monotonic() + max(180.0, lifecycles * 0.6)
@@ -115,6 +116,8 @@ def test_lifecycles_under_chaos_leave_every_group_explained(world: World) -> Non
             checks.revoked_once_with_audit(world.factory, request_ids),
         "no daemon left crash-looping (each last start alive and consuming)": checks.no_crash_loop(world.daemons),
     }
+    results["the driver injected every fault"] = (driver.error is None, repr(driver.error) if driver.error else
+                                                  "every scheduled fault done")
     for what, (ok, detail) in results.items():
         record.checked(what, ok=ok, detail=detail)
     with world.factory() as s:
