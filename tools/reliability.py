@@ -48,6 +48,7 @@ export JIT_RELIABILITY_DIR=bench/results/reliability
 # the chaos run, full size (several hundred lifecycles; the CI size is the same test with the defaults)
 JIT_CHAOS_LIFECYCLES=300 JIT_CHAOS_SECONDS=240 JIT_CHAOS_HOST_DOWN_SECONDS=30 \\
     .venv/bin/pytest -p no:cacheprovider -m chaos tests/chaos -q
+# the cluster run: see docs/cluster.md (tests/e2e/test_cluster_failover.py)
 # poison and dead letters, hostile input (hypothesis), secret scans
 .venv/bin/pytest -p no:cacheprovider tests/integration/test_dead_letters.py \\
     tests/integration/test_hostile_events.py tests/e2e/test_secret_leaks.py -q

@@ -33,7 +33,7 @@ class Upstream:
         self.retried = 0
 
     def send(self, event: Event) -> None:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a broker application restart takes minutes on a loaded machine
         while True:
             try:
                 self.publisher.publish(event.type, event.to_json(), message_id=event.id)
