@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from shared.db.models import Hold, Membership, Request
 from shared.settings import Settings
 from shared.winrm import scripts
 from tests.factories import ADMINISTRATORS, PASSWORD_ENV, HostSpec, seed_config
+from tests.private_servers import PostgresInstance
 
 USER, PASSWORD = "svc-jit", "Bench-Pa55word!"
 BIN = Path(sys.executable).parent
@@ -219,3 +221,20 @@ def process_cpu(pid: int) -> float:
     """CPU seconds (user + system) a process has used, from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (float(fields[11]) + float(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def postgres_server(server: str) -> Iterator[str]:
+    """The admin URL to create the benchmark's database on: `server`, or with "private" a PostgreSQL instance
+    of the benchmark's own (tests/private_servers.py, fsync off): several reapers' connection pools are not
+    to be taken from a shared server's `max_connections`."""
+    if server != "private":
+        yield server
+        return
+    directory = Path(tempfile.mkdtemp(prefix="jit-bench-pg-"))
+    instance = PostgresInstance(directory, options=["-c", "max_connections=300"]).start()
+    try:
+        yield instance.url()
+    finally:
+        instance.stop()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -37,6 +37,7 @@ from bench.expiry_world import (
     USER,
     Sims,
     machine_cpu,
+    postgres_server,
     process_cpu,
     reapers,
     seed_grants,
@@ -119,6 +120,12 @@ def one_size(factory: Any, world: Sims, settings: Settings, replicas: int, first
 
 def run(grants: int, hosts: int, ps_startup_ms: float, replicas: list[int], threads: int | None,
         server: str, amqp: str, sim_processes: int) -> dict[str, Any]:
+    with postgres_server(server) as admin:
+        return _run(grants, hosts, ps_startup_ms, replicas, threads, admin, amqp, sim_processes)
+
+
+def _run(grants: int, hosts: int, ps_startup_ms: float, replicas: list[int], threads: int | None,
+         server: str, amqp: str, sim_processes: int) -> dict[str, Any]:
     url, drop_database = scratch_database("postgres", server)
     name = f"bench{uuid.uuid4().hex[:6]}"
     settings = Settings(amqp_url=amqp, database_url=url, exchange=f"{name}.events", queue_prefix=name,
@@ -188,7 +195,8 @@ def main() -> None:
     parser.add_argument("--revocation-threads", type=int, default=None, help="JIT_REVOCATION_THREADS (default: "
                                                                              "the default)")
     parser.add_argument("--sim-processes", type=int, default=4)
-    parser.add_argument("--server", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--server", default="private", help="PostgreSQL admin URL, or \"private\" (default): an "
+                        "instance of the benchmark's own")
     parser.add_argument("--amqp", default=os.environ.get("JIT_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"))
     parser.add_argument("--out", default="bench/results/mass_expiry.json")
     args = parser.parse_args()
