@@ -28,6 +28,7 @@ from bench.plots import distributions
 from bench.stack import PASSWORD, Lifecycle, Stack, drive, outcomes
 from shared.settings import Settings
 
+DRAIN_SECONDS = 900.0
 OPERATIONS = {"request_to_elevated": "elevate_known", "checkin_to_revoked": "revoke"}
 
 
@@ -37,7 +38,9 @@ def _seconds(lifecycles: list[Lifecycle], start: str, end: str) -> list[float]:
 
 def measure(stack: Stack, rate: float, seconds: float, lease: float) -> tuple[dict[str, Any], list[Lifecycle]]:
     mark = len(stack.sim_log())
-    lifecycles = drive(stack, int(rate * seconds), rate=rate, timeout=lease + 60)
+    # Wait for every lifecycle to end (a saturated stack drains its backlog): the next cost must not start
+    # with this one's requests still queued.
+    lifecycles = drive(stack, int(rate * seconds), rate=rate, timeout=max(lease + 60, DRAIN_SECONDS))
     log = stack.sim_log()[mark:]
     own = one_operation(stack.url, PASSWORD, log, list(OPERATIONS.values()), count=40)
     result: dict[str, Any] = {"lifecycles": len(lifecycles), "rate": rate, "seconds": seconds,

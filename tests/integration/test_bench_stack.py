@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from bench.pipeline import run as run_pipeline
 from bench.stack import SERVER, Stack, drive
 from shared.db.engine import make_engine
 
@@ -39,3 +40,13 @@ def test_stack_runs_lifecycles_and_cleans_up(tmp_path: Path) -> None:
     admin.dispose()
     vhosts = subprocess.run(["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True, check=True).stdout
     assert stack.vhost not in vhosts.split()
+
+
+def test_pipeline_bench_smoke(tmp_path: Path) -> None:
+    """The pipeline benchmark at 2 lifecycles: the daemons with the in-memory WinRM port end every lifecycle, and
+    the raw floor moves its events (no timing asserted)."""
+    report = run_pipeline(2, tmp_path)
+    for phase in ("first_grants", "known_accounts"):
+        result = report["results"][phase]
+        assert result["outcomes"] == {"revoked": 2, "failed": 0, "denied": 0, "open": 0}
+        assert result["floor"]["events"] == 10 and result["revocations_retried"] == 0
