@@ -26,7 +26,7 @@ from shared.amqp.deadletters import DeadLetterWatch
 from shared.amqp.publisher import Publisher
 from shared.clock import Clock, SystemClock
 from shared.db import audit
-from shared.db.engine import make_engine, session_factory, transaction
+from shared.db.engine import TRANSIENT_DATABASE_ERRORS, make_engine, session_factory, transaction
 from shared.db.models import User
 from shared.db.outbox import OutboxRelay
 from shared.events import BadEvent, Event, parse_event
@@ -36,8 +36,6 @@ from shared.settings import Settings, SettingsError, missing_sqlite_file
 from shared.version import VERSION
 
 log = logs.get_logger()
-# The database is down or restarting: the same transaction will work once it is back.
-TRANSIENT_DATABASE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError)
 
 
 DATABASE_GAUGES_SECONDS = 5.0

@@ -4,6 +4,12 @@ Load -> decide -> persist -> hand effects to ports, with the WinRM port injected
 WinRM inside a transaction: claim commits before the first call, the hold is a short transaction of its
 own between resolving and adding, and record opens after the last call.
 
+The claim is the only transaction that consumes the event (the inbox), so every later transaction rides
+out a database outage in place (`Outlasting`): retrying the whole event would find it a duplicate and
+drop the grant. Taking hold retries only while an add could still be sent before the lease ends; the
+record retries until the lease is long over (the sweeper then owns the row and the record's
+compare-and-set loses, which it handles).
+
 A check-in or expiry may end the request while our add is in flight. The ledger makes that safe
 without any compensation here: the hold was durable before the add was sent and keeps the membership
 "ours"; the reaper does not confirm the removal while our add may still land (`add_until`), and once
@@ -15,19 +21,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from typing import Any, cast
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.elevator.claim import Claim, claim
+from services.elevator.claim import Claim, call_bound, claim
 from services.elevator.membership import KnownHold, Membership, Outcome
 from services.elevator.record import record
 from shared import logs
+from shared.amqp.connection import backoff_delay
 from shared.clock import Clock, SystemClock
 from shared.db import ledger
-from shared.db.engine import transaction
+from shared.db.engine import TRANSIENT_DATABASE_ERRORS, transaction
 from shared.db.models import Hold, Request
 from shared.db.models import Membership as MembershipRow
 from shared.db.transitions import load
@@ -38,6 +45,9 @@ from shared.winrm import WinRMPort
 from shared.winrm.endpoint import Resolved
 
 ROUTING_KEYS = ("elevation.approved",)
+# The record keeps retrying this long past the lease: by then the sweeper has taken the row back.
+RECORD_PAST_LEASE = timedelta(seconds=60)
+T = TypeVar("T")
 
 log = logs.get_logger()
 # A look this old is never trusted to decide a baseline: a hold taken before the one-run add leaves the
@@ -45,19 +55,54 @@ log = logs.get_logger()
 NO_LOOK = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-class GrantRows:
-    """The `Grant` of one claimed request: each call is a short transaction of its own."""
+class Outlasting:
+    """Runs one transaction of a claimed request again while the database is unreachable, with backoff,
+    until `until` (by the injected clock and sleep); then the error propagates."""
 
-    def __init__(self, factory: sessionmaker[Session], claimed: Claim, clock: Clock, reconcile_in: float) -> None:
+    def __init__(self, clock: Clock, sleep: Callable[[float], None]) -> None:
+        self._clock = clock
+        self._sleep = sleep
+
+    def run(self, step: str, until: datetime, fn: Callable[[], T]) -> T:
+        failures = 0
+        while True:
+            try:
+                return fn()
+            except TRANSIENT_DATABASE_ERRORS as exc:
+                delay = backoff_delay(failures)
+                failures += 1
+                error = str(exc).splitlines()[0][:300]
+                if self._clock.now() + timedelta(seconds=delay) > until:
+                    log.error("elevation.database.gave_up", step=step, failures=failures, error=error)
+                    raise
+                log.warning("elevation.database.retrying", step=step, failures=failures, error=error,
+                            retry_in_seconds=round(delay, 2))
+                self._sleep(delay)
+
+
+class GrantRows:
+    """The `Grant` of one claimed request: each call is a short transaction of its own, which outlasts a
+    database outage while an add could still be sent (then it propagates: nothing more is sent)."""
+
+    def __init__(self, factory: sessionmaker[Session], claimed: Claim, clock: Clock, reconcile_in: float,
+                 outlasting: Outlasting, last_add: datetime) -> None:
         self._factory = factory
         self._claimed = claimed
         self._clock = clock
         self._reconcile_in = reconcile_in
+        self._outlasting = outlasting
+        self._last_add = last_add
+
+    def _retried(self, step: str, fn: Callable[[], T]) -> T:
+        return self._outlasting.run(step, self._last_add, fn)
 
     def now(self) -> datetime:
         return self._clock.now()
 
     def take_hold(self, resolved: Resolved, looked_at: datetime) -> float | None:
+        return self._retried("take_hold", lambda: self._take_hold(resolved, looked_at))
+
+    def _take_hold(self, resolved: Resolved, looked_at: datetime) -> float | None:
         claimed = self._claimed
         assert claimed.target is not None
         now = self._clock.now()
@@ -77,6 +122,9 @@ class GrantRows:
         return (claimed.add_until - now).total_seconds()
 
     def take_known_hold(self) -> KnownHold | None:
+        return self._retried("take_known_hold", lambda: self._take_known_hold())
+
+    def _take_known_hold(self) -> KnownHold | None:
         """If an earlier grant of this account (same host, account and group as configured) learnt its SIDs and
         the ledger has its membership, take hold of that membership now, before the one-run add: returns the
         hold (``seconds_left`` None if the request has ended). None: no SIDs known, resolve first."""
@@ -109,6 +157,9 @@ class GrantRows:
         return KnownHold(group_sid, account_sid, row.account, (claimed.add_until - now).total_seconds(), before)
 
     def drop_known_hold(self, known: KnownHold) -> None:
+        return self._retried("drop_known_hold", lambda: self._drop_known_hold(known))
+
+    def _drop_known_hold(self, known: KnownHold) -> None:
         """The name no longer maps to the known SID and nothing was added (the one-run answer said so on its
         first and only send): give the membership back as it was, unless another grant holds it or an add
         may still land on it. The hold itself moves when the grant takes hold of the right membership."""
@@ -136,6 +187,9 @@ class GrantRows:
         return query.execution_options(populate_existing=True)
 
     def still_elevating(self) -> bool:
+        return self._retried("still_elevating", lambda: self._still_elevating())
+
+    def _still_elevating(self) -> bool:
         with transaction(self._factory) as session:
             request = load(session, self._claimed.request_id)
             return request is not None and request.state == State.ELEVATING.value
@@ -149,6 +203,7 @@ class Elevator:
         self._settings = settings
         self._clock = clock or SystemClock()
         self._membership = Membership(winrm, settings, environ=environ, sleep=sleep)
+        self._outlasting = Outlasting(self._clock, sleep)
 
     def process(self, event: Event) -> None:
         """Handle one `elevation.approved`; runs on a consumer worker thread, returns when all is committed."""
@@ -160,11 +215,18 @@ class Elevator:
         with logs.bound(request_id=claimed.request_id, checkout_id=claimed.checkout_id, host=claimed.host):
             log.info("elevation.started", retry_budget_seconds=round(claimed.budget, 3))
             outcome = self._work(claimed)
-            with transaction(self._factory) as session:
-                record(session, claimed, outcome, now=self._clock.now(), event_id=event.id)
+
+            def write() -> None:
+                with transaction(self._factory) as session:
+                    record(session, claimed, outcome, now=self._clock.now(), event_id=event.id)
+
+            self._outlasting.run("record", claimed.add_until + RECORD_PAST_LEASE, write)
 
     def _work(self, claimed: Claim) -> Outcome:
         if claimed.target is None:
             return Outcome(error=claimed.error)
-        grant = GrantRows(self._factory, claimed, self._clock, self._settings.reconcile_interval_seconds)
+        # A hold is worth retrying for only while an add sent after it could still return before the lease.
+        last_add = claimed.add_until - timedelta(seconds=call_bound(self._settings))
+        grant = GrantRows(self._factory, claimed, self._clock, self._settings.reconcile_interval_seconds,
+                          self._outlasting, last_add)
         return self._membership.elevate(claimed.target, claimed.budget, grant)

@@ -13,9 +13,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The database is down or restarting: the same transaction will work once it is back.
+TRANSIENT_DATABASE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError)
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
 from services.elevator.handler import Elevator
+from shared.clock import FakeClock
 from shared.db.engine import transaction
 from shared.db.models import AuditEntry, CheckIn, Hold, Membership, OutboxEvent, ReconcileTarget, Request
 from shared.events import Event, new_event
@@ -409,3 +411,60 @@ def test_a_retry_never_re_adds_after_the_request_ended(seeded: sessionmaker[Sess
     assert members(fake) == {"acct-0-0"} and row(seeded, req.id).state == State.REVOKING
     fake.reaper.sweep()
     assert members(fake) == set() and row(seeded, req.id).state == State.REVOKED
+
+
+class Outage:
+    """The elevator's sessionmaker, whose transactions numbered in `failing` (1 is the claim) fail as a database
+    that dropped the connection would, before they start."""
+
+    def __init__(self, factory: sessionmaker[Session], failing: set[int]) -> None:
+        self._factory = factory
+        self.failing = failing
+        self.begun = 0
+
+    def begin(self) -> Any:
+        self.begun += 1
+        if self.begun in self.failing:
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+        return self._factory.begin()
+
+    def __call__(self, **kw: Any) -> Session:
+        return self._factory(**kw)
+
+
+@pytest.mark.parametrize(("failing", "step"), [
+    ({2, 3}, "take_known_hold"),  # the transactions after the claim: known hold, hold, still elevating, record
+    ({3, 4}, "take_hold"),
+    ({4, 5, 6}, "still_elevating"),
+    ({5, 6}, "record"),
+], ids=["known-hold", "hold", "still-elevating", "record"])
+def test_a_database_outage_after_the_claim_is_outlasted_not_turned_into_a_lost_grant(
+        seeded: sessionmaker[Session], fake: FakeWinRM, failing: set[int], step: str) -> None:
+    """Only the claim consumes the event: had a later transaction's error reached the consumer, its retry of
+    the event would be a duplicate and the grant would wait out its lease and end FAILED."""
+    req = make_request(seeded, secret_id="sec-0-0", host=HOST)
+    flaky = Outage(seeded, failing)
+    with capture_logs() as logs:
+        elevator(cast(sessionmaker[Session], flaky), fake).process(approved(req))
+    done = row(seeded, req.id)
+    assert done.state == State.ELEVATED and members(fake) == {"acct-0-0"}
+    assert operations(fake) == ["resolve", "add_member"]  # one add, sent once
+    retried = [line for line in logs if line["event"] == "elevation.database.retrying"]
+    assert {line["step"] for line in retried} == {step} and len(retried) == len(failing)
+    assert actions(seeded, req.id) == ["start_elevation", "elevation_succeeded"]
+
+
+def test_an_outage_past_the_last_moment_to_add_sends_nothing(seeded: sessionmaker[Session], fake: FakeWinRM) -> None:
+    """The database stays away until an add could no longer return before the lease: nothing is sent, the error
+    reaches the consumer (whose retry is a duplicate), and the sweeper ends the lease as a failed add."""
+    req = make_request(seeded, secret_id="sec-0-0", host=HOST)
+    clock = FakeClock(datetime.now(UTC))
+    flaky = Outage(seeded, set(range(3, 10_000)))  # from the hold on
+    daemon = Elevator(cast(sessionmaker[Session], flaky), fake,
+                      Settings(retry_initial_seconds=0.01, retry_max_seconds=0.02, elevation_retry_seconds=0.5),
+                      clock, environ=ENV, sleep=clock.advance)
+    with capture_logs() as logs, pytest.raises(OperationalError):
+        daemon.process(approved(req))
+    assert "add_member" not in operations(fake) and members(fake) == set()
+    assert [line["step"] for line in logs if line["event"] == "elevation.database.gave_up"] == ["take_hold"]
+    assert row(seeded, req.id).state == State.ELEVATING  # the sweeper's to end when the lease passes
