@@ -83,10 +83,12 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     samples = report["samples"]
     for daemon in DAEMONS:
-        ax.plot([s["lifecycles"] for s in samples], [s["rss_kb"][daemon] / 1024 for s in samples], label=daemon)
+        base = samples[0]["rss_kb"][daemon]
+        ax.plot([s["lifecycles"] for s in samples], [100 * (s["rss_kb"][daemon] - base) / base for s in samples],
+                label=f"{daemon} ({base / 1024:.0f} MiB after the warm-up)")
+    ax.axhline(report["goal_pct"], color="red", linewidth=0.8, linestyle="--", label="goal")
     ax.set_xlabel("lifecycles after the warm-up burst")
-    ax.set_ylabel("RSS (MiB)")
-    ax.set_ylim(bottom=0)
+    ax.set_ylabel("RSS growth since the warm-up (%)")
     ax.set_title(f"daemon RSS, worst growth {report['worst_rss_growth_pct']}%, {report['cores']} cores")
     ax.legend()
     fig.tight_layout()
