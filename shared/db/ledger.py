@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -141,7 +141,8 @@ def record_add(session: Session, request_id: str, *, changed: bool | None, add_c
 
     `changed`: True the add put the account in, False it was already there, None no answer. The baseline
     is taken from one unambiguous answer only; after a retried add, "already there" may be our own first
-    attempt, so it stays unknown (and unknown is removed at the end, the safe direction).
+    attempt, and after another grant held the membership too it may be theirs, so it stays unknown (and
+    unknown is removed at the end, the safe direction).
     """
     hold = session.get(Hold, request_id, populate_existing=True)
     if hold is None:
@@ -149,11 +150,24 @@ def record_add(session: Session, request_id: str, *, changed: bool | None, add_c
     hold.add_until = None
     membership = _locked(session, hold.membership_id)
     if hold.decides_baseline and changed is not None and membership.baseline == "unknown":
-        membership.baseline = "no" if changed else ("yes" if add_calls == 1 else "unknown")
+        if changed:
+            membership.baseline = "no"
+        elif add_calls == 1 and not _held_by_others_since(session, hold):
+            membership.baseline = "yes"
     hold.decides_baseline = False
     if changed:
         membership.ours = True  # even if this grant ended meanwhile: the reaper or reconciler takes it out
     membership.updated_at = now
+
+
+def _held_by_others_since(session: Session, hold: Hold) -> bool:
+    """Did another grant hold the membership at any time since `hold` was taken? Its add may then have landed
+    before ours, and "already there" says nothing about what was there before any grant (found by the chaos
+    run: three overlapping grants, the deciding one's add answered second and made a grant's account standing)."""
+    since = hold.created_at - SKEW
+    return session.scalar(select(Hold.request_id).where(
+        Hold.membership_id == hold.membership_id, Hold.request_id != hold.request_id,
+        or_(Hold.held.is_(True), Hold.released_at > since)).limit(1)) is not None
 
 
 def release(session: Session, request_id: str, now: datetime) -> None:
