@@ -119,6 +119,8 @@ def chaos_section(results: list[dict[str, Any]]) -> list[str]:
         for story, count in extra.get("lifecycles_per_story", {}).items():
             states = ", ".join(f"{s} {n}" for s, n in sorted(finals.get(story, {}).items()))
             lines.append(f"| {story} | {count} | {states} |")
+        if extra.get("findings"):
+            lines += ["", "What this run found:", "", *(f"- {finding}" for finding in extra["findings"])]
         kills = [t for t in r["tried"] if t["what"].startswith("SIGKILL")]
         if kills:
             times = sorted(at for t in kills for at in t["at"])
