@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import pika
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.amqp.consumer import Consumer
 from shared.events import EVENT_TYPES
@@ -72,3 +74,22 @@ def running(consumer: Consumer, *, join_timeout: float = 15.0) -> Iterator[threa
         consumer.stop()
         thread.join(join_timeout)
         assert not thread.is_alive(), "run() did not return after stop()"
+
+
+class Outage:
+    """A sessionmaker whose transactions numbered in `failing` (from 1) fail as a database that dropped the
+    connection would, before they start; sessions opened without `begin` pass through."""
+
+    def __init__(self, factory: sessionmaker[Session], failing: set[int]) -> None:
+        self._factory = factory
+        self.failing = failing
+        self.begun = 0
+
+    def begin(self) -> Any:
+        self.begun += 1
+        if self.begun in self.failing:
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+        return self._factory.begin()
+
+    def __call__(self, **kw: Any) -> Session:
+        return self._factory(**kw)

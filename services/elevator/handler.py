@@ -31,12 +31,12 @@ from services.elevator.claim import Claim, call_bound, claim
 from services.elevator.membership import KnownHold, Membership, Outcome
 from services.elevator.record import record
 from shared import logs
-from shared.amqp.connection import backoff_delay
 from shared.clock import Clock, SystemClock
 from shared.db import ledger
-from shared.db.engine import TRANSIENT_DATABASE_ERRORS, transaction
+from shared.db.engine import transaction
 from shared.db.models import Hold, Request
 from shared.db.models import Membership as MembershipRow
+from shared.db.outlasting import Outlasting
 from shared.db.transitions import load
 from shared.events import ElevationApproved, Event
 from shared.settings import Settings
@@ -53,31 +53,6 @@ log = logs.get_logger()
 # A look this old is never trusted to decide a baseline: a hold taken before the one-run add leaves the
 # baseline to that add's own answer (ledger.record_add), exactly as for a look that may have seen our add.
 NO_LOOK = datetime(2000, 1, 1, tzinfo=UTC)
-
-
-class Outlasting:
-    """Runs one transaction of a claimed request again while the database is unreachable, with backoff,
-    until `until` (by the injected clock and sleep); then the error propagates."""
-
-    def __init__(self, clock: Clock, sleep: Callable[[float], None]) -> None:
-        self._clock = clock
-        self._sleep = sleep
-
-    def run(self, step: str, until: datetime, fn: Callable[[], T]) -> T:
-        failures = 0
-        while True:
-            try:
-                return fn()
-            except TRANSIENT_DATABASE_ERRORS as exc:
-                delay = backoff_delay(failures)
-                failures += 1
-                error = str(exc).splitlines()[0][:300]
-                if self._clock.now() + timedelta(seconds=delay) > until:
-                    log.error("elevation.database.gave_up", step=step, failures=failures, error=error)
-                    raise
-                log.warning("elevation.database.retrying", step=step, failures=failures, error=error,
-                            retry_in_seconds=round(delay, 2))
-                self._sleep(delay)
 
 
 class GrantRows:
@@ -203,7 +178,7 @@ class Elevator:
         self._settings = settings
         self._clock = clock or SystemClock()
         self._membership = Membership(winrm, settings, environ=environ, sleep=sleep)
-        self._outlasting = Outlasting(self._clock, sleep)
+        self._outlasting = Outlasting(self._clock, sleep, "elevation.database")
 
     def process(self, event: Event) -> None:
         """Handle one `elevation.approved`; runs on a consumer worker thread, returns when all is committed."""

@@ -27,6 +27,7 @@ from shared.clock import Clock
 from shared.db import audit, ledger, outbox
 from shared.db.engine import transaction
 from shared.db.models import Request
+from shared.db.outlasting import Outlasting
 from shared.db.targets import TargetError
 from shared.db.transitions import Cause, load, transition
 from shared.events import ElevationRevocationStalled, ElevationRevoked, new_event
@@ -67,6 +68,7 @@ class Revoker:
         # Per host, a count of removals that succeeded: a backoff sleep ends early when it moves.
         self._answered: dict[str, int] = {}
         self._answer = threading.Condition()
+        self._outlasting = Outlasting(clock, self.stopping.wait, "revocation.database", self.stopping)
 
     def _sleeper(self, host: str) -> Any:
         """A backoff sleep that ends early when the host answers another revocation (it is back) or the
@@ -126,22 +128,19 @@ class Revoker:
             self.work(request_id, in_process=in_process)
 
     def work(self, request_id: str, *, in_process: bool) -> None:
-        """One claimed attempt: plan, remove (with in-process retries if asked), record the outcome."""
-        with transaction(self.factory) as session:
-            request = load(session, request_id)
-            if request is None or request.state != REVOKING:
-                return
-            with logs.bound(request_id=request.id, checkout_id=request.checkout_id, host=request.host,
-                            attempt=request.attempts + 1):
-                try:
-                    plan = make_plan(session, request)
-                except TargetError as exc:
-                    failure: tuple[Request, Exception] | None = (request, exc)
-                else:
-                    failure = None
-        if failure is not None:
-            self._record_failure(failure[0].id, failure[1], tries=1)
+        """One claimed attempt: plan, remove (with in-process retries if asked), record the outcome.
+
+        The row is ours until the lease ends, so each transaction rides out a database outage in place
+        (`revocation.database.retrying`) rather than leaving the claim to be waited out."""
+        until = self.clock.now() + timedelta(seconds=self.settings.lease_seconds)
+        planned = self._outlasting.run("plan", until, lambda: self._plan(request_id))
+        if planned is None:
             return
+        plan, failure = planned
+        if failure is not None:
+            self._outlasting.run("record_failure", until, lambda: self._record_failure(request_id, failure, tries=1))
+            return
+        assert plan is not None
         with logs.bound(request_id=plan.request_id, checkout_id=plan.checkout_id, host=plan.host,
                         attempt=plan.attempts + 1):
             tries = [0]
@@ -153,9 +152,24 @@ class Revoker:
             try:
                 outcome = self._remove(plan, in_process, failed)
             except Exception as exc:
-                self._record_failure(plan.request_id, exc, tries=tries[0])
+                error = exc  # `exc` is unbound once the except block ends
+                self._outlasting.run("record_failure", until,
+                                     lambda: self._record_failure(plan.request_id, error, tries=tries[0]))
                 return
-            self.finish(plan, outcome, tries=tries[0] + 1)
+            self._outlasting.run("finish", until, lambda: self.finish(plan, outcome, tries=tries[0] + 1))
+
+    def _plan(self, request_id: str) -> tuple[Plan | None, Exception | None] | None:
+        """The claimed request's plan, or why it has none (its target is unknown); None if it has ended."""
+        with transaction(self.factory) as session:
+            request = load(session, request_id)
+            if request is None or request.state != REVOKING:
+                return None
+            with logs.bound(request_id=request.id, checkout_id=request.checkout_id, host=request.host,
+                            attempt=request.attempts + 1):
+                try:
+                    return make_plan(session, request), None
+                except TargetError as exc:
+                    return None, exc
 
     def remove_once(self, plan: Plan) -> Outcome:
         """One removal attempt of `plan` (by SID, verified), without retries: raises when the host does not confirm."""

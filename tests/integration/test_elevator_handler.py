@@ -38,6 +38,7 @@ from shared.winrm import (
 from shared.winrm.endpoint import Resolved
 from tests.factories import ADMINISTRATORS, PASSWORD_ENV, HostSpec, make_request, seed_config
 from tests.integration.reaper_harness import InProcessReaper, fast_settings
+from tests.support import Outage
 
 PASSWORD = "Fake-Pa55word!"
 ENV = {PASSWORD_ENV: PASSWORD}
@@ -411,25 +412,6 @@ def test_a_retry_never_re_adds_after_the_request_ended(seeded: sessionmaker[Sess
     assert members(fake) == {"acct-0-0"} and row(seeded, req.id).state == State.REVOKING
     fake.reaper.sweep()
     assert members(fake) == set() and row(seeded, req.id).state == State.REVOKED
-
-
-class Outage:
-    """The elevator's sessionmaker, whose transactions numbered in `failing` (1 is the claim) fail as a database
-    that dropped the connection would, before they start."""
-
-    def __init__(self, factory: sessionmaker[Session], failing: set[int]) -> None:
-        self._factory = factory
-        self.failing = failing
-        self.begun = 0
-
-    def begin(self) -> Any:
-        self.begun += 1
-        if self.begun in self.failing:
-            raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
-        return self._factory.begin()
-
-    def __call__(self, **kw: Any) -> Session:
-        return self._factory(**kw)
 
 
 @pytest.mark.parametrize(("failing", "step"), [

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from structlog.testing import capture_logs
 
 from shared.db.engine import transaction
 from shared.db.models import CheckIn
@@ -33,6 +35,7 @@ from tests.integration.reaper_harness import (
     request,
     set_values,
 )
+from tests.support import Outage
 
 __all__ = ["password"]
 REASONS = ["service_closed", "session_timeout", "manual", "checkout_expired", "approval_expired"]
@@ -258,3 +261,20 @@ def test_a_removal_is_not_confirmed_while_the_elevators_add_may_still_land(
     assert fake.members(HOST, ADMINS) == set(), "the late add was left on the host"
     assert len(outbox(factory, "elevation.revoked")) == 1
     assert not held(factory, row.id)[1].ours
+
+
+@pytest.mark.parametrize(("failing", "step"), [({1, 2}, "plan"), ({2, 3}, "finish")], ids=["plan", "finish"])
+def test_a_database_outage_after_the_claim_is_outlasted_not_left_to_the_lease(
+        reaper: InProcessReaper, factory: sessionmaker[Session], fake: FakeWinRM, failing: set[int],
+        step: str) -> None:
+    """The check-in's transaction claims the revocation; had the worker's next transaction failed through,
+    the row would have stayed claimed, nobody working on it, until its lease ended."""
+    rid = elevated(factory, fake, checkout_id="co-db")
+    reaper.revoker.factory = cast(sessionmaker[Session], Outage(factory, failing))  # the worker's transactions
+    with capture_logs() as logs:
+        reaper.deliver("secret.checked_in", checkout_id="co-db", secret_id="sec-0-0", reason="manual")
+    row = request(factory, rid)
+    assert row.state == State.REVOKED.value and row.attempts == 1
+    assert fake.members(HOST, ADMINS) == set() and len(removals(fake)) == 1
+    retried = [line["step"] for line in logs if line["event"] == "revocation.database.retrying"]
+    assert retried == [step, step]

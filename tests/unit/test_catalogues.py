@@ -24,6 +24,10 @@ INDIRECT_LOGS = {
     ("services/approval/extensions.py", "action"): {"decision.refused", "decision.ignored", "decision.counted"},
     ("services/reaper/ending.py", "unknown"): {"expiry.unknown_request", "revoke.unknown_request"},
     ("shared/daemon.py", 'f"{self.name}.failed"'): set(),  # the periodic jobs: collected from Periodic("...")
+    ("shared/db/outlasting.py", 'f"{self._events}.retrying"'): {"elevation.database.retrying",
+                                                               "revocation.database.retrying"},
+    ("shared/db/outlasting.py", 'f"{self._events}.gave_up"'): {"elevation.database.gave_up",
+                                                              "revocation.database.gave_up"},
 }
 AUDIT_CALL = re.compile(r"audit\.record\((?:[^()]|\([^()]*\))*?action=([^,)]+)", re.S)
 INDIRECT_AUDIT = {
