@@ -20,6 +20,7 @@ from tests.factories import ADMINISTRATORS
 from winrm_sim import SimulatedHost
 
 Result = tuple[bool, str]
+ADD_SCRIPTS = ("add_member", "elevate_known")  # by SID; elevate_known is the one-run add of a known SID
 
 
 def _ts(value: datetime) -> float:
@@ -73,7 +74,7 @@ def adds_only_for_approved(factory: sessionmaker[Session], hosts: list[Simulated
     adds, orphans = 0, []
     for host in hosts:
         for record in list(host.command_log):
-            if record.script_name != "add_member":
+            if record.script_name not in ADD_SCRIPTS:
                 continue
             adds += 1
             sid = record.env.get("JIT_MEMBER_SID", "")
