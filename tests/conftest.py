@@ -177,6 +177,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+# Tests that start servers of their own (a RabbitMQ node or cluster, a PostgreSQL instance): under pytest-xdist
+# (scripts/test runs two workers) they run one after another on one worker, never two at once on 2 cores.
+OWN_SERVERS = {"test_chaos_run.py", "test_cluster_failover.py", "test_amqp_node_list.py", "test_database_hosts.py",
+               "test_tls.py", "test_bench_expiry.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in OWN_SERVERS:
+            item.add_marker(pytest.mark.xdist_group("own-servers"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Log as the daemons do (JSON to stderr) from the start: structlog's default prints to stdout, where an
     in-process daemon's lines would mix with what a `jitctl` run printed."""
