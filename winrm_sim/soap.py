@@ -83,10 +83,9 @@ def _duration_seconds(text: str | None, default: float = 60.0) -> float:
 
 
 def _idle_timeout(text: str | None) -> float | None:
-    """rsp:IdleTimeOut as an xs:duration (PT90S), or the bare number of seconds pywinrm sends (90)."""
-    text = (text or "").strip()
-    if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
-        return float(text)
+    """rsp:IdleTimeOut as an xs:duration (PT90S, as in the recorded Windows requests). Anything else, such as
+    the bare number pywinrm passes through when given an int, counts as not given (Windows' two-hour
+    default): what Windows does with it is unverified, and a client that relied on it would leak shells."""
     return _duration_seconds(text, default=0.0) or None
 
 

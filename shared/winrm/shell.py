@@ -144,7 +144,10 @@ class Connection:
     def open(self, deadline: float) -> None:
         """Authenticate and Create the shell (no environment: each script carries its own data)."""
         self._budget.until = deadline
-        self.shell_id = self._protocol.open_shell(noprofile=True, idle_timeout=self._idle_timeout_sec)
+        # As an xs:duration (PT150S), the form Windows' own clients send: pywinrm puts the value into the
+        # envelope as given, and a bare number of seconds is not a duration.
+        idle = None if self._idle_timeout_sec is None else f"PT{int(self._idle_timeout_sec)}S"
+        self.shell_id = self._protocol.open_shell(noprofile=True, idle_timeout=idle)
 
     def run(self, script: str, deadline: float) -> ScriptOutput:
         """Command, Receive until Done, Signal. Raises ShellGone when the host refused the Command because it

@@ -19,7 +19,7 @@ def protocol(host: SimulatedHost) -> Protocol:
     return Protocol(host.url, transport="basic", username=SVC_USER, password=SVC_PASSWORD)
 
 
-@pytest.mark.parametrize("idle_timeout", ["PT1S", 1])  # the xs:duration, and the bare seconds pywinrm sends
+@pytest.mark.parametrize("idle_timeout", ["PT1S", "PT1.000S"])
 def test_a_shell_left_idle_past_its_idle_timeout_no_longer_counts_against_the_quota(idle_timeout: object) -> None:
     with SimulatedHost(users={SVC_USER: SVC_PASSWORD}, max_shells_per_user=2) as host:
         client = protocol(host)
@@ -46,3 +46,21 @@ def test_a_shell_in_use_or_without_idle_timeout_stays() -> None:
         assert host.open_shells() == 2
         client.close_shell(kept)
         client.close_shell(used)
+
+
+def test_a_bare_number_is_no_idle_timeout_and_the_pool_sends_a_duration() -> None:
+    """pywinrm passes an int through as is; a bare number is not an xs:duration, so the simulator keeps that
+    shell (as if no IdleTimeOut was given). The adapter's pooled shells carry PT<n>S and are dropped."""
+    from shared.winrm.endpoint import Credentials, HostEndpoint
+    from shared.winrm.shell import Connection
+
+    with SimulatedHost(users={SVC_USER: SVC_PASSWORD}, max_shells_per_user=3) as host:
+        protocol(host).open_shell(idle_timeout=1)
+        endpoint = HostEndpoint(host.address, port=host.port, transport="basic", scheme="http")
+        pooled = Connection(endpoint, Credentials(SVC_USER, SVC_PASSWORD), operation_timeout_sec=20,
+                            read_timeout_sec=30, idle_timeout_sec=1)
+        pooled.open(time.monotonic() + 30)  # then abandoned, as by a killed daemon
+        assert host.open_shells() == 2
+        time.sleep(1.5)
+        protocol(host).open_shell(idle_timeout="PT60S")  # a Create drops what has been idle too long
+        assert host.open_shells() == 2  # the bare-number shell stayed; the pooled one is gone
