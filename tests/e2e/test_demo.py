@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,15 +66,20 @@ def children_of(pid: int) -> list[int]:
 
 
 def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path, amqp_run_url: str) -> None:
+    # As from a terminal: SIGINT at its default. A pytest-xdist worker ignores SIGINT, and an ignored SIGINT
+    # is inherited, so Python would not turn it into KeyboardInterrupt in the demo.
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     with subprocess.Popen([JITCTL, "demo"], cwd=tmp_path, env=demo_env(amqp_run_url), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as demo:
+                          stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint) as demo:
         assert demo.stdout is not None and demo.stderr is not None
         for line in demo.stdout:
             if "story 1" in line:
                 break
         started = children_of(demo.pid)
         assert len(started) >= 4, f"expected the simulator and three daemons, found {started}"
-        demo.send_signal(2)  # SIGINT, as Ctrl-C sends
+        demo.send_signal(signal.SIGINT)  # as Ctrl-C sends
         assert demo.wait(timeout=60) == 130
         assert "interrupted" in demo.stderr.read()
     alive = [pid for pid in started if Path(f"/proc/{pid}").exists()
