@@ -28,7 +28,7 @@ from typing import Any
 
 from bench import cpu
 from bench.floor import replay, summary
-from bench.plots import distributions
+from bench.plots import distributions, latency_panels, save
 from bench.stack import PASSWORD, Lifecycle, Stack, drive, outcomes
 from shared.settings import Settings
 
@@ -122,16 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="jit-burst-") as tmp:
         report = run(args.lifecycles, args.ps_startup_ms, args.latency_ms, Path(args.logs or tmp), args.before or None)
     print(json.dumps({k: v for k, v in report.items() if k != "latencies"}, indent=1))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report) + "\n")
-        panels: dict[str, dict[str, list[float]]] = {"request -> elevated": {}, "check-in -> revoked": {}}
-        for name, series in report["latencies"].items():
-            panels["request -> elevated"][name] = series["request_to_elevated_ms"]
-            panels["check-in -> revoked"][name] = series["checkin_to_revoked_ms"]
-        distributions(out.with_suffix(".png"), f"burst of {args.lifecycles}, ps-startup {args.ps_startup_ms} ms, "
-                      f"{report['cores']} cores", panels)
+    title = f"burst of {args.lifecycles}, ps-startup {args.ps_startup_ms} ms, {report['cores']} cores"
+    save(report, args.out, lambda png: distributions(png, title, latency_panels(report)))
 
 
 if __name__ == "__main__":

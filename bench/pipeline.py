@@ -30,7 +30,7 @@ import pika
 import sqlalchemy as sa
 
 from bench.burst import measure, ms
-from bench.plots import distributions
+from bench.plots import distributions, latency_panels, save
 from bench.stack import Stack
 from shared.db.engine import make_engine
 from shared.settings import Settings
@@ -123,16 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="jit-pipeline-") as tmp:
         report = run(args.lifecycles, Path(args.logs or tmp))
     print(json.dumps({k: v for k, v in report.items() if k != "latencies"}, indent=1))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report) + "\n")
-        panels: dict[str, dict[str, list[float]]] = {"request -> elevated": {}, "check-in -> revoked": {}}
-        for name, series in report["latencies"].items():
-            panels["request -> elevated"][name] = series["request_to_elevated_ms"]
-            panels["check-in -> revoked"][name] = series["checkin_to_revoked_ms"]
-        distributions(out.with_suffix(".png"), f"pipeline (WinRM in memory), burst of {args.lifecycles}, "
-                      f"{report['cores']} cores", panels)
+    title = f"pipeline (WinRM in memory), burst of {args.lifecycles}, {report['cores']} cores"
+    save(report, args.out, lambda png: distributions(png, title, latency_panels(report)))
 
 
 if __name__ == "__main__":

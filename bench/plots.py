@@ -5,8 +5,10 @@ matplotlib is optional (`.venv/bin/pip install matplotlib`): without it no PNG i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def distributions(path: Path, title: str, panels: Mapping[str, Mapping[str, Sequence[float]]],
@@ -37,3 +39,22 @@ def distributions(path: Path, title: str, panels: Mapping[str, Mapping[str, Sequ
     fig.savefig(path)
     plt.close(fig)
     return True
+
+
+def save(report: Mapping[str, Any], out: str, plot: Callable[[Path], None]) -> None:
+    """Write `report` as JSON to `out` (nothing when empty) and its PNG beside it."""
+    if not out:
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report) + "\n")
+    plot(path.with_suffix(".png"))
+
+
+def latency_panels(report: Mapping[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """request -> elevated and check-in -> revoked, one series per stack or cost, from a stack report."""
+    panels: dict[str, dict[str, list[float]]] = {"request -> elevated": {}, "check-in -> revoked": {}}
+    for name, series in report["latencies"].items():
+        panels["request -> elevated"][name] = series["request_to_elevated_ms"]
+        panels["check-in -> revoked"][name] = series["checkin_to_revoked_ms"]
+    return panels

@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.plots import save
 from bench.procstats import Sample, Sampler, growth
 from bench.stack import DAEMONS, Lifecycle, Stack, drive
 
@@ -181,11 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="jit-bench-soak-") as folder:
         report = run(args.minutes, args.rate, args.warmup_minutes, args.interval, Path(folder))
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=1))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report) + "\n")
-        _plot(report, out.with_suffix(".png"))
+    save(report, args.out, lambda png: _plot(report, png))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.floor import one_operation, summary
-from bench.plots import distributions
+from bench.plots import distributions, latency_panels, save
 from bench.stack import PASSWORD, Lifecycle, Stack, drive, outcomes
 from shared.settings import Settings
 
@@ -87,16 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="jit-steady-") as tmp:
         report = run(args.rate, args.seconds, args.accounts, costs, Path(args.logs or tmp))
     print(json.dumps({k: v for k, v in report.items() if k != "latencies"}, indent=1))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report) + "\n")
-        panels: dict[str, dict[str, list[float]]] = {"request -> elevated": {}, "check-in -> revoked": {}}
-        for name, series in report["latencies"].items():
-            panels["request -> elevated"][name] = series["request_to_elevated_ms"]
-            panels["check-in -> revoked"][name] = series["checkin_to_revoked_ms"]
-        distributions(out.with_suffix(".png"), f"steady {args.rate:g}/s for {args.seconds:g} s, "
-                      f"{report['cores']} cores", panels, log_x=True)
+    title = f"steady {args.rate:g}/s for {args.seconds:g} s, {report['cores']} cores"
+    save(report, args.out, lambda png: distributions(png, title, latency_panels(report), log_x=True))
 
 
 if __name__ == "__main__":
