@@ -29,7 +29,7 @@ from typing import Any
 from bench import cpu
 from bench.floor import replay, summary
 from bench.plots import distributions, latency_panels, save
-from bench.stack import PASSWORD, Lifecycle, Stack, drive, outcomes
+from bench.stack import PASSWORD, Lifecycle, Stack, drive, outcomes, stop_on_sigterm
 from shared.settings import Settings
 
 
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="")
     parser.add_argument("--logs", default="", help="folder for the daemons' logs (default: a temporary one)")
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="jit-burst-") as tmp:
         report = run(args.lifecycles, args.ps_startup_ms, args.latency_ms, Path(args.logs or tmp), args.before or None)
     print(json.dumps({k: v for k, v in report.items() if k != "latencies"}, indent=1))

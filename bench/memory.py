@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from bench.plots import save
 from bench.procstats import Sample, Sampler, growth
-from bench.stack import DAEMONS, Lifecycle, Stack, drive
+from bench.stack import DAEMONS, Lifecycle, Stack, drive, stop_on_sigterm
 
 GOAL_PERCENT = 5.0
 SETTLE_SECONDS = 2.0  # after a burst, let the relays and periodic jobs go idle before sampling
@@ -96,10 +95,6 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     fig.savefig(path)
 
 
-def _stop(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lifecycles", type=int, default=10_000)
@@ -108,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ps-startup-ms", type=float, default=0.0)
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)  # stop the stack, drop its database and vhost, as on Ctrl-C
+    stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="jit-bench-memory-") as folder:
         report = run(args.lifecycles, args.warmup, args.chunk, args.ps_startup_ms, Path(folder))
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=1))

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from bench.burst import measure, ms
 from bench.plots import distributions, latency_panels, save
-from bench.stack import Stack
+from bench.stack import Stack, stop_on_sigterm
 from shared.db.engine import make_engine
 from shared.settings import Settings
 
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="")
     parser.add_argument("--logs", default="", help="folder for the daemons' logs (default: a temporary one)")
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="jit-pipeline-") as tmp:
         report = run(args.lifecycles, Path(args.logs or tmp))
     print(json.dumps({k: v for k, v in report.items() if k != "latencies"}, indent=1))

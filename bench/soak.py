@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import tempfile
 import threading
@@ -47,7 +46,7 @@ from typing import Any
 
 from bench.plots import save
 from bench.procstats import Sample, Sampler, growth
-from bench.stack import DAEMONS, Lifecycle, Stack, drive
+from bench.stack import DAEMONS, Lifecycle, Stack, drive, stop_on_sigterm
 
 GOAL_PERCENT = 5.0
 WINDOW_SECONDS = 120.0
@@ -166,10 +165,6 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     fig.savefig(path)
 
 
-def _stop(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -178,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)  # stop the stack, drop its database and vhost, as on Ctrl-C
+    stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="jit-bench-soak-") as folder:
         report = run(args.minutes, args.rate, args.warmup_minutes, args.interval, Path(folder))
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=1))

@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -58,6 +59,16 @@ SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 BROKER = "127.0.0.1:5672"
 DAEMONS = ("approval", "elevator", "reaper")
 TRACKED = ("elevation.approved", "elevation.denied", "elevation.elevated", "elevation.failed", "elevation.revoked")
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a bench run in the background, killed) stops the stack and drops its database and vhost,
+    as Ctrl-C does: both leave through the `with Stack(...)` exit."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _rabbitmqctl(*args: str) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.floor import one_operation, summary
 from bench.plots import distributions, latency_panels, save
-from bench.stack import PASSWORD, Lifecycle, Stack, drive, outcomes
+from bench.stack import PASSWORD, Lifecycle, Stack, drive, outcomes, stop_on_sigterm
 from shared.settings import Settings
 
 DRAIN_SECONDS = 900.0
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="")
     parser.add_argument("--logs", default="", help="folder for the daemons' logs (default: a temporary one)")
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     costs = [float(c) for c in args.costs.split(",")]
     with tempfile.TemporaryDirectory(prefix="jit-steady-") as tmp:
         report = run(args.rate, args.seconds, args.accounts, costs, Path(args.logs or tmp))
