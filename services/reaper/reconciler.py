@@ -13,6 +13,10 @@ group's members by SID (one WinRM call, outside any transaction) and compares th
   error log when first seen, `jitctl drift` while it stays; removed only where the group's task says
   `drift: remove`.
 
+The listing is compared only for memberships the ledger left unchanged while the host was listed
+(row and held holds read before and after); one that changed meanwhile waits for the next pass. A removal
+that a new grant's add beat to the host makes the next pass due at once, to put it back.
+
 A lost message, a crash between two steps, a rename or a race can delay a removal, never prevent it.
 Cost: one listing per watched (host, group) per interval, one host at a time per replica.
 """
@@ -95,9 +99,10 @@ class Reconciler:
                 row = session.get(ReconcileTarget, (host, group_sid))
                 assert row is not None
                 target = Target.from_snapshot(row.target)
+                before = _ledger_state(session, host, group_sid)
             creds = target.credentials()
             members = self.port.list_members(target.endpoint, creds, group_sid)
-            decision = self._decide(host, group_sid, members)
+            decision = self._decide(host, group_sid, members, before)
             removed = self._act(host, group_sid, target, decision)
             self._record(host, group_sid, decision, removed, error=None)
             metrics.RECONCILE_PASSES.labels(outcome="ok").inc()
@@ -106,7 +111,11 @@ class Reconciler:
             metrics.RECONCILE_PASSES.labels(outcome="failed").inc()
             self._record(host, group_sid, Decision(), {}, error=str(exc)[:2000])
 
-    def _decide(self, host: str, group_sid: str, members: list[GroupMember]) -> Decision:
+    def _decide(self, host: str, group_sid: str, members: list[GroupMember],
+                before: dict[int, LedgerState]) -> Decision:
+        """`before`: the ledger as it was before the listing. A membership that changed while the host was
+        listed is left to the next pass: the listing may show it before or after the change (a grant that
+        ended and was confirmed out meanwhile is no drift; one that ended is the reaper's to remove)."""
         now = self.clock.now()
         present = {m.sid.upper(): m for m in members}
         decision = Decision()
@@ -115,9 +124,13 @@ class Reconciler:
             assert row is not None
             first = row.baselined_at is None
             known: set[str] = set()
+            after = _ledger_state(session, host, group_sid)
             for m in session.scalars(select(Membership).where(Membership.host == host,
                                                               Membership.group_sid == group_sid)):
                 known.add(m.account_sid)
+                if before.get(m.id) != after.get(m.id):
+                    log.info("reconcile.changed_while_listed", account_sid=m.account_sid)
+                    continue
                 holders = ledger.active_holders(session, m.id)
                 pending = ledger.add_in_flight_until(session, m.id, now)
                 if pending is not None:
@@ -204,7 +217,9 @@ class Reconciler:
             for sid, ok in removed.items():
                 membership_id = decision.remove_ours.get(sid)
                 if ok and membership_id is not None:
-                    ledger.settle(session, membership_id, now)
+                    if not ledger.settle(session, membership_id, now) and ledger.active_holders(session,
+                                                                                                membership_id):
+                        decision.soonest = now  # a grant took hold meanwhile: if its add landed first, put it back
                     audit.record(session, at=now, action="membership.reconciled", actor=ACTOR,
                                  reason="removed a membership of ours that no active grant holds",
                                  details={"host": host, "group_sid": group_sid, "account_sid": sid})
@@ -250,6 +265,27 @@ class Reconciler:
         for sid, row in open_rows.items():
             if sid not in seen:
                 row.resolved_at = now
+
+
+LedgerState = tuple[object, ...]
+
+
+def _ledger_state(session: Session, host: str, group_sid: str) -> dict[int, LedgerState]:
+    """Per membership of (host, group): its row's last change and its held holds (request, state, add in
+    flight). Equal before and after a listing: nothing about it changed while the host was listed."""
+    rows = session.execute(
+        select(Membership.id, Membership.updated_at, Membership.ours, Membership.settled_at, Hold.request_id,
+               Hold.add_until, Request.state)
+        .outerjoin(Hold, (Hold.membership_id == Membership.id) & Hold.held.is_(True))
+        .outerjoin(Request, Request.id == Hold.request_id)
+        .where(Membership.host == host, Membership.group_sid == group_sid))
+    rows_by_id: dict[int, tuple[object, ...]] = {}
+    holds: dict[int, set[tuple[object, ...]]] = {}
+    for membership_id, updated_at, ours, settled_at, request_id, add_until, state in rows:
+        rows_by_id[membership_id] = (updated_at, ours, settled_at)
+        if request_id is not None:
+            holds.setdefault(membership_id, set()).add((request_id, add_until, state))
+    return {mid: (*row, frozenset(holds.get(mid, ()))) for mid, row in rows_by_id.items()}
 
 
 def _elevated_holder(session: Session, holders: list[str]) -> str | None:

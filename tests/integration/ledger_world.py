@@ -20,7 +20,7 @@ from shared.db.transitions import load
 from shared.events import new_event
 from shared.settings import Settings
 from shared.winrm import Credentials, FakeWinRM, HostEndpoint
-from shared.winrm.endpoint import Resolved
+from shared.winrm.endpoint import GroupMember, Resolved
 from tests.factories import ADMINISTRATORS, PASSWORD_ENV, make_request
 
 HOST = "10.0.0.7"
@@ -29,7 +29,7 @@ ENV = {PASSWORD_ENV: "Fake-Pa55word!"}
 
 
 class HookedWinRM(FakeWinRM):
-    """FakeWinRM that runs a test's callback right after an operation answers (once), to interleave a race."""
+    """FakeWinRM that runs a test's callback once, right before or after an operation, to interleave a race."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -47,6 +47,16 @@ class HookedWinRM(FakeWinRM):
             hook()
         return super().add_member(host, creds, group_sid, member_sid)
 
+    def list_members(self, host: HostEndpoint, creds: Credentials, group_sid: str) -> list[GroupMember]:
+        answer = super().list_members(host, creds, group_sid)
+        if (hook := self.after.pop("list_members", None)) is not None:
+            hook()
+        return answer
+
+    def remove_member(self, host: HostEndpoint, creds: Credentials, group_sid: str, member_sid: str) -> bool:
+        if (hook := self.before.pop("remove_member", None)) is not None:
+            hook()
+        return super().remove_member(host, creds, group_sid, member_sid)
 
 
 def fast_settings(**overrides: Any) -> Settings:

@@ -402,3 +402,66 @@ def test_a_grant_from_before_the_ledger_never_becomes_a_standing_membership(worl
     world.end(new)
     assert world.state(legacy) == State.REVOKED and world.state(new) == State.REVOKED
     assert not world.member(), "the old grant's membership outlived both grants"
+
+
+def _due_now(world: World) -> None:
+    with transaction(world.factory) as session:
+        session.execute(ReconcileTarget.__table__.update().values(next_at=datetime.now(UTC)))
+
+
+def _removes(world: World) -> int:
+    return len([c for c in world.fake.calls if c.operation == "remove_member"])
+
+
+def test_a_grant_confirmed_out_while_the_host_was_listed_is_not_drift(world: World) -> None:
+    """The listing still shows the account; by the time it is compared, the grant ended and the reaper confirmed
+    it out (the membership is settled). Compared with the ledger after the change, it looked like drift: an
+    error log, an audit row and a `membership.drift` event for nothing."""
+    request = world.request()
+    world.elevate(request)
+    world.reconciler()  # first listing: the baseline
+    _due_now(world)
+    world.fake.after["list_members"] = lambda: world.end(request)
+    world.reconciler()
+    assert world.state(request) == State.REVOKED and not world.member()
+    with transaction(world.factory) as session:
+        assert not session.scalars(select(Drift)).all()
+        assert not session.scalars(select(OutboxEvent).where(OutboxEvent.type == "membership.drift")).all()
+    assert _removes(world) == 1, "only the reaper's removal"
+
+
+def test_a_grant_ended_while_the_host_was_listed_is_left_to_the_reaper(world: World) -> None:
+    """Checked in (released, not yet removed) while the host was listed: the reaper removes it, the reconciler
+    does not send a second removal on the strength of an old listing."""
+    request = world.request()
+    world.elevate(request)
+    world.reconciler()
+    _due_now(world)
+    revoking: list[str] = []
+    world.fake.after["list_members"] = lambda: revoking.extend(world.check_in(request))
+    world.reconciler()
+    assert revoking == [request.id] and _removes(world) == 0
+    world.revoke(request.id)
+    assert world.state(request) == State.REVOKED and not world.member() and _removes(world) == 1
+
+
+def test_a_grant_that_takes_hold_during_a_reconciler_removal_is_put_back_at_once(world: World) -> None:
+    """The reconciler removes a late add of ours; a new grant of the account takes hold and adds just before the
+    removal lands. The removal wins on the host; the next pass is due at once and puts the grant's member back
+    (it used to wait a whole reconcile interval with an ELEVATED grant out of the group)."""
+    first = world.request()
+    world.elevate(first)
+    world.end(first)
+    with transaction(world.factory) as session:  # as if an add landed after the confirmation
+        session.execute(Membership.__table__.update().values(ours=True))
+    world.fake.seed(HOST, ADMINISTRATORS, ACCOUNT)
+    _due_now(world)
+    second = world.request("sec-0-1")
+    world.fake.before["remove_member"] = lambda: world.elevate(second)
+    world.reconciler()
+    assert world.state(second) == State.ELEVATED and not world.member()
+    with transaction(world.factory) as session:
+        target = session.scalars(select(ReconcileTarget)).one()
+        assert target.next_at <= datetime.now(UTC).replace(tzinfo=target.next_at.tzinfo)
+    world.reconciler()
+    assert world.member(), "the ELEVATED grant's member was not put back"
