@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from shared import logs
@@ -90,11 +89,18 @@ def claim(session: Session, request_id: str, event_id: str, now: datetime, setti
         # (`call_bound`); every add is sent early enough to have returned by then (see membership.py), so
         # the reaper's sweeper, which takes an ELEVATING row back once it has expired, never races an add.
         lease = now + timedelta(seconds=budget + 2 * call_bound(settings) + LEASE_MARGIN_SECONDS)
+        target, error = _target(session, request)
+        values: dict[str, object] = {"lease_until": lease}
+        if target is not None:  # the grant keeps how to reach its host, whatever the configuration becomes
+            values["target"] = target.snapshot()
         started = transition(session, request, Trigger.START_ELEVATION, now=now, cause=Cause(ACTOR, event_id),
-                             values={"lease_until": lease},
-                             details={"retry_budget_seconds": round(budget, 3)})
+                             values=values, details={"retry_budget_seconds": round(budget, 3)})
         if started is not None:
-            return _claimed(session, request, expires_at, budget, lease)
+            return Claim(
+                request_id=request.id, checkout_id=request.checkout_id, secret_id=request.secret_id,
+                host=request.host, account=target.account if target else (request.account or ""),
+                group=target.group if target else (request.group or ""),
+                expires_at=expires_at, budget=budget, add_until=lease, target=target, error=error)
         reason = "lost the race: the request changed while being claimed"
     audit.record(session, at=now, action="elevation.refused", actor=ACTOR, request_id=request.id,
                  from_state=request.state, event_id=event_id, reason=reason)
@@ -102,20 +108,8 @@ def claim(session: Session, request_id: str, event_id: str, now: datetime, setti
     return None
 
 
-def _claimed(session: Session, request: Request, expires_at: datetime, budget: float, lease: datetime) -> Claim:
-    target: Target | None = None
-    error = None
+def _target(session: Session, request: Request) -> tuple[Target | None, str | None]:
     try:
-        target = target_for(session, request)
+        return target_for(session, request), None
     except TargetError as exc:
-        error = f"cannot reach host {request.host} to add {request.account}: {exc}"
-    else:
-        # The grant keeps how to reach its host, so it can be ended whatever the configuration becomes.
-        session.execute(update(Request).where(Request.id == request.id).values(target=target.snapshot())
-                        .execution_options(synchronize_session=False))
-    return Claim(
-        request_id=request.id, checkout_id=request.checkout_id, secret_id=request.secret_id, host=request.host,
-        account=target.account if target else (request.account or ""),
-        group=target.group if target else (request.group or ""),
-        expires_at=expires_at, budget=budget, add_until=lease, target=target, error=error,
-    )
+        return None, f"cannot reach host {request.host} to add {request.account}: {exc}"

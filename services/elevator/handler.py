@@ -1,8 +1,10 @@
 """The elevator's event handler: claim, do the host work, record.
 
 Load -> decide -> persist -> hand effects to ports, with the WinRM port injected. Nothing here runs
-WinRM inside a transaction: claim commits before the first call, the hold is a short transaction of its
-own between resolving and adding, and record opens after the last call.
+WinRM inside a transaction: claim commits before the first call (and, for an account whose SIDs an
+earlier grant learnt, takes the hold in the same transaction: two transactions per elevation), a first
+grant's hold is a short transaction of its own between resolving and adding, and record opens after the
+last call.
 
 The claim is the only transaction that consumes the event (the inbox), so every later transaction rides
 out a database outage in place (`Outlasting`): retrying the whole event would find it a duplicate and
@@ -60,8 +62,9 @@ class GrantRows:
     database outage while an add could still be sent (then it propagates: nothing more is sent)."""
 
     def __init__(self, factory: sessionmaker[Session], claimed: Claim, clock: Clock, reconcile_in: float,
-                 outlasting: Outlasting, last_add: datetime) -> None:
+                 outlasting: Outlasting, last_add: datetime, known: KnownHold | None) -> None:
         self._factory = factory
+        self._known = known
         self._claimed = claimed
         self._clock = clock
         self._reconcile_in = reconcile_in
@@ -96,40 +99,8 @@ class GrantRows:
                  decides_baseline=hold.decides_baseline)
         return (claimed.add_until - now).total_seconds()
 
-    def take_known_hold(self) -> KnownHold | None:
-        return self._retried("take_known_hold", lambda: self._take_known_hold())
-
-    def _take_known_hold(self) -> KnownHold | None:
-        """If an earlier grant of this account (same host, account and group as configured) learnt its SIDs and
-        the ledger has its membership, take hold of that membership now, before the one-run add: returns the
-        hold (``seconds_left`` None if the request has ended). None: no SIDs known, resolve first."""
-        claimed = self._claimed
-        assert claimed.target is not None
-        now = self._clock.now()
-        with transaction(self._factory) as session:
-            known = session.execute(
-                select(Request.account_sid, Request.group_sid)
-                .where(Request.host == claimed.host, Request.account == claimed.account,
-                       Request.group == claimed.group, Request.account_sid.is_not(None),
-                       Request.group_sid.is_not(None), Request.id != claimed.request_id)
-                .order_by(Request.updated_at.desc()).limit(1)).first()
-            if known is None:
-                return None
-            account_sid, group_sid = str(known[0]), str(known[1])
-            row = session.scalars(self._membership_query(group_sid, account_sid)).first()
-            if row is None:
-                return None
-            before = (row.baseline, row.ours, row.settled_at)
-            request = load(session, claimed.request_id)
-            hold = None if request is None else ledger.take_hold(
-                session, request, host=request.host, group_sid=group_sid, account_sid=account_sid,
-                account=row.account, looked_at=NO_LOOK, was_member=False, target=claimed.target.snapshot(),
-                now=now, add_until=claimed.add_until, reconcile_in=self._reconcile_in)
-        if hold is None:
-            return KnownHold(group_sid, account_sid, row.account, None, before)
-        log.info("elevation.hold.taken", account_sid=account_sid, group_sid=group_sid,
-                 decides_baseline=hold.decides_baseline, sids="known")
-        return KnownHold(group_sid, account_sid, row.account, (claimed.add_until - now).total_seconds(), before)
+    def known_hold(self) -> KnownHold | None:
+        return self._known
 
     def drop_known_hold(self, known: KnownHold) -> None:
         return self._retried("drop_known_hold", lambda: self._drop_known_hold(known))
@@ -140,7 +111,7 @@ class GrantRows:
         may still land on it. The hold itself moves when the grant takes hold of the right membership."""
         now = self._clock.now()
         with transaction(self._factory) as session:
-            query = self._membership_query(known.group_sid, known.account_sid)
+            query = _membership_query(self._claimed.host, known.group_sid, known.account_sid)
             if session.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update()
             row = session.scalars(query).first()
@@ -155,12 +126,6 @@ class GrantRows:
             row.updated_at = now
         log.info("elevation.known_sid.changed", account_sid=known.account_sid)
 
-    def _membership_query(self, group_sid: str, account_sid: str) -> Any:
-        query = select(MembershipRow).where(MembershipRow.host == self._claimed.host,
-                                            MembershipRow.group_sid == group_sid,
-                                            MembershipRow.account_sid == account_sid)
-        return query.execution_options(populate_existing=True)
-
     def still_elevating(self) -> bool:
         return self._retried("still_elevating", lambda: self._still_elevating())
 
@@ -168,6 +133,40 @@ class GrantRows:
         with transaction(self._factory) as session:
             request = load(session, self._claimed.request_id)
             return request is not None and request.state == State.ELEVATING.value
+
+
+def take_known_hold(session: Session, claimed: Claim, now: datetime, reconcile_in: float) -> KnownHold | None:
+    """In the claim's transaction: if an earlier grant of this account (same host, account and group as
+    configured) learnt its SIDs and the ledger has its membership, take hold of that membership now, before
+    the one-run add. None: no SIDs known, resolve first. `seconds_left` is None if the request has ended."""
+    assert claimed.target is not None
+    known = session.execute(
+        select(Request.account_sid, Request.group_sid)
+        .where(Request.host == claimed.host, Request.account == claimed.account,
+               Request.group == claimed.group, Request.account_sid.is_not(None),
+               Request.group_sid.is_not(None), Request.id != claimed.request_id)
+        .order_by(Request.updated_at.desc()).limit(1)).first()
+    if known is None:
+        return None
+    account_sid, group_sid = str(known[0]), str(known[1])
+    row = session.scalars(_membership_query(claimed.host, group_sid, account_sid)).first()
+    if row is None:
+        return None
+    before = (row.baseline, row.ours, row.settled_at)
+    request = session.get(Request, claimed.request_id)
+    hold = None if request is None else ledger.take_hold(
+        session, request, host=request.host, group_sid=group_sid, account_sid=account_sid,
+        account=row.account, looked_at=NO_LOOK, was_member=False, target=claimed.target.snapshot(),
+        now=now, add_until=claimed.add_until, reconcile_in=reconcile_in)
+    seconds_left = None if hold is None else (claimed.add_until - now).total_seconds()
+    return KnownHold(group_sid, account_sid, row.account, seconds_left, before,
+                     decides_baseline=hold is not None and hold.decides_baseline)
+
+
+def _membership_query(host: str, group_sid: str, account_sid: str) -> Any:
+    query = select(MembershipRow).where(MembershipRow.host == host, MembershipRow.group_sid == group_sid,
+                                        MembershipRow.account_sid == account_sid)
+    return query.execution_options(populate_existing=True)
 
 
 class Elevator:
@@ -183,13 +182,20 @@ class Elevator:
     def process(self, event: Event) -> None:
         """Handle one `elevation.approved`; runs on a consumer worker thread, returns when all is committed."""
         data = cast(ElevationApproved, event.data)
+        known: KnownHold | None = None
         with transaction(self._factory) as session:
-            claimed = claim(session, data.request_id, event.id, self._clock.now(), self._settings)
+            now = self._clock.now()
+            claimed = claim(session, data.request_id, event.id, now, self._settings)
+            if claimed is not None and claimed.target is not None:
+                known = take_known_hold(session, claimed, now, self._settings.reconcile_interval_seconds)
         if claimed is None:
             return
         with logs.bound(request_id=claimed.request_id, checkout_id=claimed.checkout_id, host=claimed.host):
             log.info("elevation.started", retry_budget_seconds=round(claimed.budget, 3))
-            outcome = self._work(claimed)
+            if known is not None and known.seconds_left is not None:
+                log.info("elevation.hold.taken", account_sid=known.account_sid, group_sid=known.group_sid,
+                         decides_baseline=known.decides_baseline, sids="known")
+            outcome = self._work(claimed, known)
 
             def write() -> None:
                 with transaction(self._factory) as session:
@@ -197,11 +203,11 @@ class Elevator:
 
             self._outlasting.run("record", claimed.add_until + RECORD_PAST_LEASE, write)
 
-    def _work(self, claimed: Claim) -> Outcome:
+    def _work(self, claimed: Claim, known: KnownHold | None) -> Outcome:
         if claimed.target is None:
             return Outcome(error=claimed.error)
         # A hold is worth retrying for only while an add sent after it could still return before the lease.
         last_add = claimed.add_until - timedelta(seconds=call_bound(self._settings))
         grant = GrantRows(self._factory, claimed, self._clock, self._settings.reconcile_interval_seconds,
-                          self._outlasting, last_add)
+                          self._outlasting, last_add, known)
         return self._membership.elevate(claimed.target, claimed.budget, grant)

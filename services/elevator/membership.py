@@ -1,8 +1,8 @@
 """The elevator's WinRM work, always outside any database transaction: resolve, hold, add, with retries.
 
-One run when the account's SIDs are known from an earlier grant of it on this host: take hold of that
-membership first, then one PowerShell run checks the name still maps to that SID, adds and verifies
-(`elevate_known`). If the name maps to another SID now, nothing was added: the hold is given back and
+One run when the account's SIDs are known from an earlier grant of it on this host: the claim's own
+transaction took hold of that membership, then one PowerShell run checks the name still maps to that SID,
+adds and verifies (`elevate_known`). If the name maps to another SID now, nothing was added: the hold is given back and
 the grant goes the long way below. Otherwise (a first grant) two runs:
 
 1. Resolve the account to its SID and the group to its SID on the host; refuse anything that is not a
@@ -11,6 +11,10 @@ the grant goes the long way below. Otherwise (a first grant) two runs:
    intent to add is durable before any add is sent. If the request ended meanwhile, nothing is sent.
 3. Add by SID (already a member is success), verified by the adapter. Every attempt is sent only if it
    can return before the grant's `add_until`, which the reaper and the sweeper rely on.
+
+A retried add first checks that the request is still ELEVATING (a short transaction); the first add
+follows the hold at once, whose compare-and-set has just checked it. An add that lands after a check-in
+anyway is safe: the hold keeps the membership ours until the add has returned (see the ledger).
 """
 
 from __future__ import annotations
@@ -47,9 +51,9 @@ class Grant(Protocol):
 
     def still_elevating(self) -> bool: ...
 
-    def take_known_hold(self) -> KnownHold | None:
-        """Take hold of the membership an earlier grant of this account learnt (its SIDs), before the one-run
-        add; None when no SIDs are known (resolve first)."""
+    def known_hold(self) -> KnownHold | None:
+        """The hold the claim took on the membership an earlier grant of this account learnt (its SIDs),
+        before the one-run add; None when no SIDs are known (resolve first)."""
         ...
 
     def drop_known_hold(self, known: KnownHold) -> None:
@@ -64,6 +68,7 @@ class KnownHold:
     account_name: str
     seconds_left: float | None  # until the grant's add_until; None: the request ended, send nothing
     before: tuple[Any, ...]  # the membership's (baseline, ours, settled_at) before this hold
+    decides_baseline: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ class Membership:
         held = False
         try:
             creds = target.credentials(self._environ)
-            known = grant.take_known_hold()
+            known = grant.known_hold()
             if known is not None:
                 held = known.seconds_left is not None
                 resolved = Resolved(known.account_sid, known.account_name, "User", known.group_sid, False)
@@ -121,7 +126,7 @@ class Membership:
             group_sid, account_sid = resolved.group_sid, resolved.account_sid
 
             def add() -> bool | None:
-                if not grant.still_elevating():
+                if calls and not grant.still_elevating():
                     return None
                 if time.monotonic() > last_send:
                     raise PermanentWinRMError(target.endpoint.key, "add_member",
@@ -151,7 +156,7 @@ class Membership:
         last_send = time.monotonic() + known.seconds_left - self._call_bound
 
         def add() -> KnownElevation | None:
-            if not grant.still_elevating():
+            if calls and not grant.still_elevating():
                 return None
             if time.monotonic() > last_send:
                 raise PermanentWinRMError(target.endpoint.key, "elevate_known",

@@ -19,7 +19,7 @@ from services.elevator.claim import ACTOR, Claim
 from services.elevator.membership import Outcome
 from shared import logs
 from shared.db import audit, ledger, outbox
-from shared.db.models import Hold, Membership, Request
+from shared.db.models import Request
 from shared.db.transitions import Cause, load, transition
 from shared.events import ElevationElevated, ElevationFailed, new_event
 from shared.states import State, Trigger
@@ -31,29 +31,22 @@ log = logs.get_logger()
 
 def record(session: Session, claim: Claim, outcome: Outcome, *, now: datetime, event_id: str) -> State:
     """Returns the request's state after this transaction."""
-    ledger.record_add(session, claim.request_id, changed=outcome.changed if outcome.added else None,
-                      add_calls=outcome.add_calls, now=now)
+    baseline = ledger.record_add(session, claim.request_id, changed=outcome.changed if outcome.added else None,
+                                 add_calls=outcome.add_calls, now=now)
     request = load(session, claim.request_id)
     if request is None:  # rows are never deleted; a vanished row is a broken database, not a race
         raise RuntimeError(f"request {claim.request_id} disappeared while elevating")
     cause = Cause(ACTOR, event_id, outcome.error)
     if outcome.error is None and outcome.held:
-        if _elevated(session, request, claim, outcome, now, cause):
+        if _elevated(session, request, claim, outcome, now, cause, pre_existing=baseline == "yes"):
             return State.ELEVATED
     elif outcome.error is not None and _failed(session, request, outcome.error, now, cause):
         return State.REVOKING
     return _superseded(session, request, outcome, now, event_id)
 
 
-def _baseline(session: Session, request_id: str) -> str:
-    hold = session.get(Hold, request_id)
-    membership = session.get(Membership, hold.membership_id) if hold is not None else None
-    return membership.baseline if membership is not None else "unknown"
-
-
 def _elevated(session: Session, request: Request, claim: Claim, outcome: Outcome, now: datetime,
-              cause: Cause) -> bool:
-    pre_existing = _baseline(session, request.id) == "yes"
+              cause: Cause, *, pre_existing: bool) -> bool:
     resolved = outcome.resolved
     assert resolved is not None
     details = {"changed": outcome.changed, "pre_existing": pre_existing, "account_sid": resolved.account_sid,

@@ -53,7 +53,11 @@ def _insert(session: Session) -> Any:
 
 
 def _locked(session: Session, membership_id: int) -> Membership:
-    query = select(Membership).where(Membership.id == membership_id).execution_options(populate_existing=True)
+    return _locked_where(session, Membership.id == membership_id)
+
+
+def _locked_where(session: Session, *where: Any) -> Membership:
+    query = select(Membership).where(*where).execution_options(populate_existing=True)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     return session.scalars(query).one()
@@ -101,10 +105,8 @@ def take_hold(session: Session, request: Request, *, host: str, group_sid: str, 
     created = session.execute(_insert(session)(Membership).values(
         host=host, group_sid=group_sid, account_sid=account_sid, account=account, baseline="unknown", ours=False,
         created_at=now, updated_at=now).on_conflict_do_nothing().returning(Membership.id)).scalar() is not None
-    membership_id = session.scalar(select(Membership.id).where(
-        Membership.host == host, Membership.group_sid == group_sid, Membership.account_sid == account_sid))
-    assert membership_id is not None
-    membership = _locked(session, membership_id)
+    membership = _locked_where(session, Membership.host == host, Membership.group_sid == group_sid,
+                               Membership.account_sid == account_sid)
     settled = not membership.ours and not active_holders(session, membership.id)
     if settled and _legacy_grant(session, request):
         # A grant made before the ledger (no SIDs) may hold this membership: nothing can tell whose it is.
@@ -136,8 +138,10 @@ def take_hold(session: Session, request: Request, *, host: str, group_sid: str, 
     return hold
 
 
-def record_add(session: Session, request_id: str, *, changed: bool | None, add_calls: int, now: datetime) -> None:
-    """The elevator's add has returned (or given up): no add of this grant can land any more.
+def record_add(session: Session, request_id: str, *, changed: bool | None, add_calls: int,
+               now: datetime) -> str | None:
+    """The elevator's add has returned (or given up): no add of this grant can land any more. Returns the
+    membership's baseline after it (None: the grant never took hold).
 
     `changed`: True the add put the account in, False it was already there, None no answer. The baseline
     is taken from one unambiguous answer only; after a retried add, "already there" may be our own first
@@ -146,7 +150,7 @@ def record_add(session: Session, request_id: str, *, changed: bool | None, add_c
     """
     hold = session.get(Hold, request_id, populate_existing=True)
     if hold is None:
-        return
+        return None
     hold.add_until = None
     membership = _locked(session, hold.membership_id)
     if hold.decides_baseline and changed is not None and membership.baseline == "unknown":
@@ -158,6 +162,7 @@ def record_add(session: Session, request_id: str, *, changed: bool | None, add_c
     if changed:
         membership.ours = True  # even if this grant ended meanwhile: the reaper or reconciler takes it out
     membership.updated_at = now
+    return membership.baseline
 
 
 def _held_by_others_since(session: Session, hold: Hold) -> bool:

@@ -12,13 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import false, select
 from sqlalchemy.orm import Session
 
 from shared.credentials import CredentialError, resolve_password
 from shared.db.models import CredentialProvider, Host, Request, Secret, Task
 from shared.hosts import canonical_host
-from shared.states import HOLDS_MEMBERSHIP
 from shared.winrm import Credentials, HostEndpoint
 from shared.winrm.names import member_name
 
@@ -65,27 +64,33 @@ class Target:
 
 
 def target_for(session: Session, request: Request) -> Target:
-    secret = session.get(Secret, request.secret_id)
-    if secret is None:
+    """The configuration as it is now (one query: secret, host, credential provider and task)."""
+    task_match = Task.id == request.task_id if request.task_id else false()
+    row = session.execute(
+        select(Secret.account, Secret.domain, Secret.application_id, Secret.credential_provider_id,
+               Host.address, Host.scheme, Host.port, Host.transport, Host.verify_tls, Host.ca_file,
+               CredentialProvider.id.label("provider_id"), CredentialProvider.username, CredentialProvider.password_env,
+               CredentialProvider.password_file, Task.group, Task.on_revoke)
+        .select_from(Secret)
+        .outerjoin(Host, (Host.application_id == Secret.application_id)
+                   & (Host.address == canonical_host(request.host)))
+        .outerjoin(CredentialProvider, CredentialProvider.id == Secret.credential_provider_id)
+        .outerjoin(Task, task_match)
+        .where(Secret.id == request.secret_id).limit(1)).first()
+    if row is None:
         raise TargetError(f"secret {request.secret_id} is no longer configured")
-    host = session.scalars(
-        select(Host).where(Host.application_id == secret.application_id,
-                           Host.address == canonical_host(request.host))
-    ).first()
-    if host is None:
-        raise TargetError(f"host {request.host} is not a host of application {secret.application_id}")
-    provider = session.get(CredentialProvider, secret.credential_provider_id)
-    if provider is None:
-        raise TargetError(f"credential provider {secret.credential_provider_id} is not configured")
-    task = session.get(Task, request.task_id) if request.task_id else None
-    endpoint = HostEndpoint(address=host.address, scheme=host.scheme, port=host.port, transport=host.transport,
-                            verify_tls=host.verify_tls, ca_file=host.ca_file)
+    if row.address is None:
+        raise TargetError(f"host {request.host} is not a host of application {row.application_id}")
+    if row.provider_id is None:
+        raise TargetError(f"credential provider {row.credential_provider_id} is not configured")
+    endpoint = HostEndpoint(address=row.address, scheme=row.scheme, port=row.port, transport=row.transport,
+                            verify_tls=row.verify_tls, ca_file=row.ca_file)
     return Target(
-        endpoint=endpoint, provider_id=provider.id, username=provider.username,
-        password_env=provider.password_env, password_file=provider.password_file,
-        account=request.account or member_name(secret.account, secret.domain),
-        group=request.group or (task.group if task else ""),
-        on_revoke=task.on_revoke if task else "report",
+        endpoint=endpoint, provider_id=row.provider_id, username=row.username,
+        password_env=row.password_env, password_file=row.password_file,
+        account=request.account or member_name(row.account, row.domain),
+        group=request.group or (row.group or ""),
+        on_revoke=row.on_revoke or "report",
     )
 
 
@@ -94,19 +99,3 @@ def target_of(session: Session, request: Request) -> Target:
     if request.target:
         return Target.from_snapshot(request.target)
     return target_for(session, request)
-
-
-def other_holders(session: Session, request: Request) -> list[Request]:
-    """Other requests that may hold the same account in the same group on the same host.
-
-    The membership is removed only when this list is empty (ref-counted removal), and a membership
-    that was there before us (pre_existing) is never removed.
-    """
-    return list(session.scalars(
-        select(Request).where(
-            Request.host == request.host, Request.group == request.group,
-            # Windows compares account names case-insensitively.
-            func.lower(Request.account) == (request.account or "").lower(),
-            Request.id != request.id, Request.state.in_([s.value for s in HOLDS_MEMBERSHIP]),
-        )
-    ))

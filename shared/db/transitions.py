@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.db import audit
 from shared.db.models import Request
@@ -54,8 +55,8 @@ def transition(
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None
-    for key, value in changes.items():
-        setattr(request, key, value)
+    for key, value in changes.items():  # the row has them already: no second UPDATE at the next flush
+        set_committed_value(request, key, value)
     audit.record(
         session, at=now, action=trigger.value, actor=cause.actor, request_id=request.id,
         from_state=current.value, to_state=target.value, event_id=cause.event_id, reason=cause.reason,
