@@ -85,6 +85,9 @@ def _bind_budget(protocol: Protocol, budget: _Budget, read_timeout_sec: float) -
             adapter = _DeadlineAdapter(budget, read_timeout_sec)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
+            # The session's proxies and CA are explicit (proxy=None, ca_trust_path): do not read the proxy
+            # variables again on every request (3% of the elevator's CPU in a burst).
+            session.trust_env = False
         return cast(requests.Response, send(session, prepared))
 
     transport._send_message_request = bounded_send
