@@ -131,10 +131,15 @@ def run(requests: int, spread: float, engine: str, server: str, amqp: str, ps_st
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    """The PNG beside the JSON; skipped (the JSON stands alone) when matplotlib is not installed."""
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"no {path.name}: matplotlib is not installed (.venv/bin/pip install matplotlib)")
+        return
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for label, result in report["results"].items():

@@ -92,9 +92,8 @@ class _Count(io.TextIOBase):
 
 def measure(mode: str, url: str, repeat: int) -> dict[str, Any]:
     """Run one measure in this (child) process; its time is the median of `repeat` runs."""
-    from jitctl.common import print_json
+    from jitctl.common import print_json, stream_json
     from jitctl.listing import rows as page_rows
-    from jitctl.listing import stream_json
     from jitctl.query import request_dict
     from shared.db.models import Request
 

@@ -160,10 +160,15 @@ def _run(grants: int, hosts: int, ps_startup_ms: float, replicas: list[int], thr
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    """The PNG beside the JSON; skipped (the JSON stands alone) when matplotlib is not installed."""
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"no {path.name}: matplotlib is not installed (.venv/bin/pip install matplotlib)")
+        return
 
     results = report["results"]
     fig, ax = plt.subplots(figsize=(7, 4.5))

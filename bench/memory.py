@@ -59,12 +59,13 @@ def run(lifecycles: int, warmup: int, chunk: int, ps_startup_ms: float, folder: 
         finally:
             sampler.close()
     end = series[-1][1]
-    daemons = {d: {"rss_kb": {"start": started.rss_kb[d], "after_warmup": warm.rss_kb[d], "end": end.rss_kb[d],
-                              "growth_pct": growth(warm.rss_kb[d], end.rss_kb[d])},
-                   "fds": {"after_warmup": warm.fds[d], "end": end.fds[d]},
-                   "db_connections": {"after_warmup": (warm.db_connections or {}).get(d),
-                                      "end": (end.db_connections or {}).get(d)}}
-               for d in DAEMONS}
+    daemons: dict[str, dict[str, dict[str, Any]]] = {
+        d: {"rss_kb": {"start": started.rss_kb[d], "after_warmup": warm.rss_kb[d], "end": end.rss_kb[d],
+                       "growth_pct": growth(warm.rss_kb[d], end.rss_kb[d])},
+            "fds": {"after_warmup": warm.fds[d], "end": end.fds[d]},
+            "db_connections": {"after_warmup": (warm.db_connections or {}).get(d),
+                               "end": (end.db_connections or {}).get(d)}}
+        for d in DAEMONS}
     worst = max(v["rss_kb"]["growth_pct"] or 0.0 for v in daemons.values())
     return {"bench": "memory", "cores": os.cpu_count(), "lifecycles": lifecycles, "warmup": warmup, "chunk": chunk,
             "ps_startup_ms": ps_startup_ms, "ended_in_warmup": warm_totals, "ended": totals,

@@ -41,7 +41,7 @@ def distributions(path: Path, title: str, panels: Mapping[str, Mapping[str, Sequ
     return True
 
 
-def save(report: Mapping[str, Any], out: str, plot: Callable[[Path], None]) -> None:
+def save(report: Mapping[str, Any], out: str, plot: Callable[[Path], object]) -> None:
     """Write `report` as JSON to `out` (nothing when empty) and its PNG beside it."""
     if not out:
         return
