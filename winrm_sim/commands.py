@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape
 
 from shared.winrm import scripts
 
-from .host import Group, PSError, WindowsHost, is_sid
+from .host import Account, Group, PSError, WindowsHost, is_sid
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,20 @@ def _security_identifier(value: str | None) -> str:
     return value.upper()
 
 
+def _members(host: WindowsHost, group: Group) -> list[Account]:
+    """The listing script's Get-JitMembers: Get-LocalGroupMember, or ADSI when the cmdlet fails on the group
+    (an orphaned SID); a missing group or a denied access stays the cmdlet's error."""
+    try:
+        return host.list_members(group)
+    except PSError as err:
+        if err.error_id.split(",", 1)[0] in ("GroupNotFound", "AccessDenied"):
+            raise
+        return host.members_of(group)
+
+
 def _listed(host: WindowsHost, group: Group, sid: str) -> bool:
-    return any(a.sid == sid for a in host.list_members(group))
+    """The scripts' checks (Get-JitSids): the SIDs the group holds, read by ADSI."""
+    return any(a.sid == sid for a in host.members_of(group))
 
 
 def _resolve(host: WindowsHost, env: dict[str, str]) -> Result:
@@ -110,9 +122,9 @@ def _change_by_sid(adding: bool) -> Callable[[WindowsHost, dict[str, str]], Resu
 def _list_members(host: WindowsHost, env: dict[str, str]) -> Result:
     try:
         group = host.find_group("SID", env.get(scripts.ENV_GROUP_SID))
+        rows = [{"sid": a.sid, "name": a.full_name, "class": a.object_class} for a in _members(host, group)]
     except PSError as err:
         return _caught(err, _COMMON)
-    rows = [{"sid": a.sid, "name": a.full_name, "class": a.object_class} for a in host.list_members(group)]
     return Result(_json_line({"status": "ok", "members": rows}), "", 0)
 
 
@@ -266,7 +278,11 @@ def execute(host: WindowsHost, user: str, command: str, arguments: str, env: dic
                                        "CommandNotFoundException"), script, None)
         name, data = parsed
         merged = {**env, **data}
-        return Execution(SCRIPT_HANDLERS[name](host, merged), script, name, merged)
+        try:
+            result = SCRIPT_HANDLERS[name](host, merged)
+        except PSError as err:  # every script's body is in one try: its catch answers what the model did not
+            result = _caught(err, _COMMON)
+        return Execution(result, script, name, merged)
     name = words[0] if words else ""
     return Execution(Result("", f"'{name}' is not recognized as an internal or external command,\r\n"
                             "operable program or batch file.\r\n", 1), None, None)

@@ -264,12 +264,21 @@ class WindowsHost:
                 raise PSError(f"GroupNotFound,{_cmdlet('GetLocalGroup')}", f"Group {value} was not found.")
             return group
 
-    def list_members(self, group: Group) -> list[Account]:
-        """Get-LocalGroupMember -Group: every member, sorted by name as the cmdlet does. A SID no account
-        has any more is listed under the SID itself."""
+    def members_of(self, group: Group) -> list[Account]:
+        """Every member, sorted by name; a SID no account has any more (orphaned) under the SID itself. This
+        is what ADSI's WinNT provider lists (``$group.psbase.Invoke('Members')``)."""
         with self.lock:
             out = [self.accounts.get(sid) or Account(sid, "", sid, "") for sid in group.members]
             return sorted(out, key=lambda a: a.full_name.lower())
+
+    def list_members(self, group: Group) -> list[Account]:
+        """Get-LocalGroupMember -Group, as Windows PowerShell 5.1 answers: the members, unless one of them is an
+        orphaned SID, on which the cmdlet's sort fails (PowerShell/PowerShell issues 2996, 21617)."""
+        with self.lock:
+            if any(sid not in self.accounts for sid in group.members):
+                raise PSError(f"An unspecified error occurred.,{_cmdlet('GetLocalGroupMember')}",
+                              "Failed to compare two elements in the array.")
+            return self.members_of(group)
 
     def add_member_sid(self, group: Group, sid: str) -> Account:
         """Add-LocalGroupMember -Group g -Member <LocalPrincipal with a SID>."""
@@ -365,6 +374,9 @@ class WindowsHost:
         """Put a member in place without going through WinRM (a standing membership someone else made)."""
         with self.lock:
             account = self.lookup(member)
+            if account is None and is_sid(member):  # an orphaned SID: an account deleted from its domain
+                self.groups[group_sid.upper()].members[member.upper()] = None
+                return member.upper()
             if account is None:
                 raise ValueError(f"{member} does not resolve on {self.computer_name}")
             self.groups[group_sid.upper()].members[account.sid] = None
@@ -379,7 +391,7 @@ class WindowsHost:
     def members(self, group_sid: str) -> set[str]:
         """The current names of the group's members."""
         with self.lock:
-            return {a.full_name for a in self.list_members(self.groups[group_sid.upper()])}
+            return {a.full_name for a in self.members_of(self.groups[group_sid.upper()])}
 
     def member_sids(self, group_sid: str) -> set[str]:
         with self.lock:
@@ -389,7 +401,7 @@ class WindowsHost:
         """The group's members with SIDs: ``[{"sid", "name", "class"}]``."""
         with self.lock:
             return [{"sid": a.sid, "name": a.full_name, "class": a.object_class}
-                    for a in self.list_members(self.groups[group_sid.upper()])]
+                    for a in self.members_of(self.groups[group_sid.upper()])]
 
     def add_session(self, account: str, state: str = "Active") -> int:
         with self.lock:

@@ -36,7 +36,7 @@ _PREAMBLE = (
     "$ErrorActionPreference = 'Stop'\n$ProgressPreference = 'SilentlyContinue'\n"
     "$jitData = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String('" + DATA_PLACEHOLDER + "'))\n"
     "foreach ($p in (ConvertFrom-Json $jitData).PSObject.Properties) {"
-    " [Environment]::SetEnvironmentVariable($p.Name, [string]$p.Value, 'Process') }\n"
+    " [Environment]::SetEnvironmentVariable($p.Name, [string]$p.Value) }\n"  # the process's own
 )
 
 _RESOLVE_GROUP = (
@@ -47,15 +47,37 @@ _GROUP_BY_SID = "    $group = Get-LocalGroup -SID $env:JIT_GROUP_SID\n"
 # The member as a LocalPrincipal that carries only a SID: the cmdlet then uses the SID as is and never
 # looks a name up (LocalAccounts' MakePrincipal). Building the SecurityIdentifier also refuses a malformed value.
 _MEMBER_BY_SID = (
-    "    $sid = [System.Security.Principal.SecurityIdentifier]::new($env:JIT_MEMBER_SID)\n"
+    "    $sid = [Security.Principal.SecurityIdentifier]::new($env:JIT_MEMBER_SID)\n"
     "    $principal = New-Object Microsoft.PowerShell.Commands.LocalPrincipal\n"
     "    $principal.SID = $sid\n"
 )
-# Whether the group lists $sid: a full listing compared by SID (never Get-LocalGroupMember -Member, which
-# matches names and writes PrincipalNotFound for a non-member).
-_LISTED = (
-    "    $listed = @(Get-LocalGroupMember -Group $group | Where-Object { $_.SID.Value -eq $sid.Value }).Count -gt 0\n"
+# A group's members by ADSI (the WinNT provider: `$group.psbase.Invoke('Members')`), which reads the SIDs the
+# group holds. Windows PowerShell 5.1's Get-LocalGroupMember cannot list a group that holds an orphaned SID
+# (an account deleted from its domain, an Azure AD SID): "Failed to compare two elements in the array",
+# PowerShell/PowerShell issues 2996 and 21617; nor can it without the names' domain at hand. The checks
+# (is $sid listed?) need only SIDs: Get-JitSids reads them by ADSI alone (and is short: the revoke script is
+# near cmd.exe's line limit). The reconciler's listing wants names and classes for people: Get-JitMembers
+# asks the cmdlet and falls back to ADSI, where a member no name resolves is listed under its SID. A missing
+# group or a denied access is the cmdlet's answer as it is. Never Get-LocalGroupMember -Member, which matches
+# names and writes PrincipalNotFound for a non-member.
+ADSI_FALLBACK = ".psbase.Invoke('Members')"
+_ADSI_MEMBERS = "@(([ADSI]\"WinNT://$env:COMPUTERNAME/$($g.Name),group\")" + ADSI_FALLBACK + ")"
+_ADSI_SID = ("[Security.Principal.SecurityIdentifier]::new([byte[]]$_.GetType().InvokeMember('objectSid',"
+             " 'GetProperty', $null, $_, $null), 0).Value")
+_SIDS_FN = "function Get-JitSids($g) {\n" + _ADSI_MEMBERS + " | % { " + _ADSI_SID + " }\n}\n"
+_MEMBERS_FN = (
+    "function Get-JitMembers($g) {\n"
+    "try { return @(Get-LocalGroupMember -Group $g | ForEach-Object {"
+    " [ordered]@{ sid = $_.SID.Value; name = [string]$_.Name; class = [string]$_.ObjectClass } }) }\n"
+    "catch { if ([string]$_.FullyQualifiedErrorId -match '^(GroupNotFound|AccessDenied),') { throw } }\n"
+    + _ADSI_MEMBERS + " | ForEach-Object {\n"
+    "$path = [string]$_.GetType().InvokeMember('ADsPath', 'GetProperty', $null, $_, $null)\n"
+    "[ordered]@{ sid = " + _ADSI_SID + "; name = (@($path.Substring(8) -split '/') | Select-Object -Last 2)"
+    " -join '\\'; class = [string]$_.GetType().InvokeMember('Class', 'GetProperty', $null, $_, $null) }\n"
+    "}\n}\n"
 )
+# Whether the group lists $sid, compared by SID (-contains: case-insensitive, as SIDs are).
+_LISTED = "    $listed = @(Get-JitSids $group) -contains $sid.Value\n"
 
 
 # Add the principal; "already a member" (MemberExists) is an answer, not an error.
@@ -106,6 +128,7 @@ _COMMON_ERRORS = (
 # a well-known principal has none), the group's SID, and whether the group lists the account's SID.
 RESOLVE = (
     _PREAMBLE
+    + _SIDS_FN
     + "try {\n"
     + _RESOLVE_GROUP
     + "    $account = [System.Security.Principal.NTAccount]::new($env:JIT_MEMBER)\n"
@@ -126,6 +149,7 @@ RESOLVE = (
 # Add by SID, then list the group in the same run: one PowerShell run is the add and its verification.
 ADD_MEMBER_SID = (
     _PREAMBLE
+    + _SIDS_FN
     + "try {\n"
     + _GROUP_BY_SID
     + _MEMBER_BY_SID
@@ -139,6 +163,7 @@ ADD_MEMBER_SID = (
 # host knows) is not success and reaches the caller as principal_not_found.
 REMOVE_MEMBER_SID = (
     _PREAMBLE
+    + _SIDS_FN
     + "try {\n"
     + _GROUP_BY_SID
     + _MEMBER_BY_SID
@@ -150,12 +175,10 @@ REMOVE_MEMBER_SID = (
 
 LIST_MEMBERS = (
     _PREAMBLE
+    + _MEMBERS_FN
     + "try {\n"
     + _GROUP_BY_SID
-    + "    $rows = @()\n"
-    + "    foreach ($m in @(Get-LocalGroupMember -Group $group)) {\n"
-    + "        $rows += [ordered]@{ sid = $m.SID.Value; name = [string]$m.Name; class = [string]$m.ObjectClass }\n"
-    + "    }\n"
+    + "    $rows = @(Get-JitMembers $group)\n"
     + "    ConvertTo-Json -Compress -Depth 3 -InputObject ([ordered]@{ status = 'ok'; members = @($rows) })\n"
     + _catch(_COMMON_ERRORS)
 )
@@ -202,6 +225,7 @@ LOGOFF = (
 # membership before (was_member), the add by SID, and the listing after, in one JSON answer.
 ELEVATE_KNOWN = (
     _PREAMBLE
+    + _SIDS_FN
     + "try {\n"
     + _GROUP_BY_SID
     + "    $sid = [System.Security.Principal.NTAccount]::new($env:JIT_MEMBER)"
@@ -225,12 +249,13 @@ ELEVATE_KNOWN = (
 # sessions_error and never hides the removal's answer.
 REVOKE = (
     _PREAMBLE
+    + _SIDS_FN
     + "try {\n"
     + _GROUP_BY_SID
     + _MEMBER_BY_SID
     + _REMOVE
     + _LISTED
-    + "    $rows = @(); $sessionsError = ''\n"
+    + "    $rows = @(); $sesErr = ''\n"
     + "    if (-not $listed) {\n"
     + "        try {\n"
     + _SESSIONS
@@ -240,10 +265,10 @@ REVOKE = (
     + "            $ErrorActionPreference = 'Stop'; $r.action = 'logged_off'\n"
     + "        }\n"
     + "    }\n"
-    + "        } catch { $sessionsError = [string]$_.Exception.Message }\n"
+    + "        } catch { $sesErr = [string]$_.Exception.Message }\n"
     + "    }\n"
     + "    ConvertTo-Json -Compress -Depth 3 -InputObject ([ordered]@{ status = $status; member = $listed;"
-    " sessions = @($rows); sessions_error = $sessionsError })\n"
+    " sessions = @($rows); sessions_error = $sesErr })\n"
     + _catch(_COMMON_ERRORS)
 )
 

@@ -21,10 +21,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.elevator.handler import ROUTING_KEYS, Elevator
+from services.reaper.reconciler import Reconciler
 from shared.amqp.publisher import Publisher
+from shared.clock import SystemClock
 from shared.daemon import Runtime
 from shared.db.engine import transaction
-from shared.db.models import AuditEntry, CheckIn, Request
+from shared.db.models import AuditEntry, CheckIn, ReconcileTarget, Request
+from shared.db.models import Membership as MembershipRow
 from shared.db.transitions import load
 from shared.events import format_time, new_event
 from shared.settings import Settings
@@ -268,3 +271,29 @@ def test_check_in_during_a_slow_add_ends_with_the_account_out(
     assert "elevation.compensated" not in actions(factory, req.id)  # the elevator removes nothing itself
     assert tap.of("elevation.elevated", req.id) == []
     assert len(tap.wait_for("elevation.revoked", req.id)) == 1
+
+
+ORPHAN = "S-1-5-21-3623811015-3361044348-30300820-1013"  # a domain account deleted since it was added
+
+
+def test_a_group_holding_an_orphaned_sid_is_elevated_revoked_and_listed(
+        world: tuple[EventTap, Publisher], factory: sessionmaker[Session], sim: SimulatedHost,
+        reaper: InProcessReaper) -> None:
+    """Get-LocalGroupMember fails on such a group (Windows PowerShell 5.1); the scripts fall back to ADSI, so
+    the add is verified, the removal confirmed (not retried for ever) and the reconciler lists the group,
+    the orphan a standing member it never touches."""
+    tap, publisher = world
+    sim.seed_member(ADMINISTRATORS, ORPHAN)
+    req = make_request(factory, secret_id="sec-0-0", host=sim.address)
+    publish_approved(publisher, req)
+    tap.wait_for("elevation.elevated", req.id)
+    assert sim.member_sids(ADMINISTRATORS) == {ORPHAN, sim.host.sid_of("acct-0-0")}
+    reconciler = Reconciler(factory, client(reaper.settings), reaper.settings, SystemClock())
+    reconciler()  # first listing of the group: its standing members
+    check_in(reaper, req)
+    assert state_of(factory, req.id) == State.REVOKED
+    assert sim.member_sids(ADMINISTRATORS) == {ORPHAN}
+    with transaction(factory) as session:
+        orphan = session.scalars(select(MembershipRow).where(MembershipRow.account_sid == ORPHAN)).one()
+        target = session.scalars(select(ReconcileTarget)).one()
+    assert orphan.baseline == "yes" and orphan.account == ORPHAN and target.last_error is None

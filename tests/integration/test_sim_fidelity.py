@@ -222,3 +222,20 @@ def test_remove_by_sid_tells_not_a_member_from_no_such_principal() -> None:
     with pytest.raises(PSError) as info:
         host.add_member_sid(group, host.sid_of("alice"))
     assert info.value.error_id == "MemberExists,Microsoft.PowerShell.Commands.AddLocalGroupMemberCommand"
+
+
+ORPHAN = "S-1-5-21-3623811015-3361044348-30300820-1013"  # an account deleted from its domain
+
+
+def test_get_localgroupmember_fails_on_a_group_holding_an_orphaned_sid_and_adsi_lists_it() -> None:
+    """Windows PowerShell 5.1 (PowerShell/PowerShell issues 2996, 21617): the cmdlet's sort fails on a member
+    no name resolves; ADSI's WinNT provider lists it under its SID."""
+    host, group = _localaccounts_host()
+    assert host.seed_member(ADMINISTRATORS, ORPHAN.lower()) == ORPHAN
+    with pytest.raises(PSError) as info:
+        host.list_members(group)
+    assert info.value.error_id == ("An unspecified error occurred.,"
+                                   "Microsoft.PowerShell.Commands.GetLocalGroupMemberCommand")
+    assert info.value.message == "Failed to compare two elements in the array."
+    listed = {(a.sid, a.full_name) for a in host.members_of(group)}
+    assert (ORPHAN, ORPHAN) in listed and (host.sid_of("alice"), "WIN-SIM01\\alice") in listed

@@ -33,3 +33,20 @@ def test_the_command_line_stays_under_cmd_exe_s_8191_characters(name: str) -> No
 def test_anything_but_base64_of_a_json_object_of_strings_is_no_script(literal: str) -> None:
     assert scripts.parse_rendered(scripts.RESOLVE.replace(scripts.DATA_PLACEHOLDER, literal)) is None
     assert scripts.parse_rendered(scripts.RESOLVE) is None
+
+
+@pytest.mark.parametrize("name", sorted(scripts.ALL_SCRIPTS))
+def test_no_script_depends_on_get_localgroupmember_alone(name: str) -> None:
+    """Windows PowerShell 5.1's Get-LocalGroupMember fails on a group holding an orphaned SID: the checks read
+    the group's SIDs by ADSI, and the one listing falls back to ADSI (the simulator models both, so this holds
+    the templates to it)."""
+    template = scripts.ALL_SCRIPTS[name]
+    body = template.split("\ntry {\n", 1)[1]
+    assert "Get-LocalGroupMember" not in body, "every listing goes through Get-JitSids or Get-JitMembers"
+    if "$listed" in body:
+        assert "function Get-JitSids($g)" in template and "@(Get-JitSids $group) -contains $sid.Value" in body
+        assert scripts.ADSI_FALLBACK in template.split("function Get-JitSids($g)")[1].split("\n}\n")[0]
+    if name == "list_members":
+        function = template.split("function Get-JitMembers($g)")[1].split("\ntry {\n")[0]
+        assert "Get-LocalGroupMember" in function and scripts.ADSI_FALLBACK in function
+        assert "-match '^(GroupNotFound|AccessDenied),') { throw }" in function
