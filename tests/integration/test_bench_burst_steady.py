@@ -1,0 +1,31 @@
+"""The burst and steady benchmarks at a smoke size (no timing asserted): each runs end to end on the real stack,
+every lifecycle ends REVOKED, the simulator counts the runs, and the floor the burst compares with is measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import burst, steady
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.rabbitmq]
+
+
+def test_burst_smoke(tmp_path: Path) -> None:
+    report = burst.run(3, 0.0, 0.0, tmp_path, None)
+    for phase, runs in (("first_grants", 3.0), ("known_accounts", 2.0)):
+        result = report["results"]["now"][phase]
+        assert result["outcomes"] == {"revoked": 3, "failed": 0, "denied": 0, "open": 0}
+        assert result["powershell_runs_per_lifecycle"] == pytest.approx(runs, abs=0.34)  # + a reconciler listing
+        assert result["floor"]["runs"] >= 3 * runs and result["floor"]["lifecycles_per_s"] > 0
+        assert result["request_to_elevated"]["n"] == 3 and result["checkin_to_revoked"]["n"] == 3
+
+
+def test_steady_smoke(tmp_path: Path) -> None:
+    report = steady.run(2.0, 2.0, 3, [0.0], tmp_path, settle=0.0, per_host=3)
+    result = report["results"]["0ms"]
+    assert result["outcomes"] == {"revoked": 4, "failed": 0, "denied": 0, "open": 0}
+    assert result["lease_waits"] == 0 and result["scripts"].get("elevate_known") == 4
+    assert result["operation_ms"]["elevate_known"]["n"] > 0 and report["per_host_concurrency"] == 3
+    assert len(report["latencies"]["ps-startup 0 ms"]["request_to_elevated_ms"]) == 4
