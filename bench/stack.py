@@ -91,7 +91,8 @@ class Stack:
 
     def __init__(self, folder: Path, *, secrets: int, ps_startup_ms: float = 0.0, latency_ms: float = 0.0,
                  overrides: dict[str, Any] | None = None, log_level: str = "warning", server: str = SERVER,
-                 daemon_env: dict[str, str] | None = None, daemon_argv: dict[str, list[str]] | None = None) -> None:
+                 daemon_env: dict[str, str] | None = None, daemon_argv: dict[str, list[str]] | None = None,
+                 replicas: dict[str, int] | None = None) -> None:
         self.folder = folder
         self.secrets = secrets
         self.ps_startup_ms = ps_startup_ms
@@ -101,6 +102,7 @@ class Stack:
         self.server = server
         self.daemon_env = daemon_env or {}  # e.g. PYTHONPATH of another checkout: a before/after comparison
         self.daemon_argv = daemon_argv or {}  # a daemon's command line instead of its console script
+        self.replicas = replicas or {}  # processes per daemon (default 1): "elevator", "elevator-1", ...
         self.children = Children(folder)
         self.vhost = f"jit-bench-{uuid.uuid4().hex[:8]}"
         self.settings: Settings | None = None
@@ -144,9 +146,11 @@ class Stack:
         env |= {f"JIT_{k.upper()}": str(v) for k, v in self.settings.model_dump().items() if v is not None}
         env |= {"JIT_LOG_FORMAT": "json", "JIT_LOG_LEVEL": self.log_level} | self.daemon_env
         for name in DAEMONS:
-            self.children.start(name, self.daemon_argv.get(name, [script(f"jit-{name}")]), env)
+            for replica in range(self.replicas.get(name, 1)):
+                self.children.start(name if replica == 0 else f"{name}-{replica}",
+                                    self.daemon_argv.get(name, [script(f"jit-{name}")]), env)
         deadline = time.monotonic() + 60
-        while not all(consumers_on(self.settings, self.settings.queue(n)) for n in DAEMONS):
+        while not all(consumers_on(self.settings, self.settings.queue(n)) >= self.replicas.get(n, 1) for n in DAEMONS):
             self.children.check_alive()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the daemons did not start consuming within 60 s; see {self.folder}")

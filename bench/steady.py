@@ -2,7 +2,7 @@
 with a PowerShell start of 300 ms, against one operation's own WinRM time measured in the same run.
 
     .venv/bin/python -m bench.steady [--rate 20] [--seconds 60] [--accounts 300] [--costs 0,300] \\
-        [--settle 15] [--per-host-concurrency N] [--out bench/results/steady.json]
+        [--settle 15] [--per-host-concurrency N] [--elevators N] [--out bench/results/steady.json]
 
 One stack; a warm-up burst grants each of `--accounts` accounts once (so their SIDs are known, as in a
 running deployment), then `--settle` seconds of nothing (the burst's aftermath: the reconciler's first
@@ -62,12 +62,12 @@ def measure(stack: Stack, rate: float, seconds: float, lease: float) -> tuple[di
 
 
 def run(rate: float, seconds: float, accounts: int, costs: list[float], folder: Path, *, settle: float = 15.0,
-        per_host: int | None = None) -> dict[str, Any]:
+        per_host: int | None = None, elevators: int = 1) -> dict[str, Any]:
     lease = Settings().lease_seconds + Settings().retry_in_process_seconds
     results: dict[str, Any] = {}
     latencies: dict[str, dict[str, list[float]]] = {}
     env = {} if per_host is None else {"JIT_PER_HOST_CONCURRENCY": str(per_host)}
-    with Stack(folder, secrets=accounts, daemon_env=env) as stack:
+    with Stack(folder, secrets=accounts, daemon_env=env, replicas={"elevator": elevators}) as stack:
         drive(stack, accounts)  # warm-up: every account's first grant (its SIDs learnt)
         for cost in costs:
             stack.sim_post("cost", {"ps_startup_ms": cost, "latency_ms": 0.0})
@@ -78,6 +78,7 @@ def run(rate: float, seconds: float, accounts: int, costs: list[float], folder: 
                 "checkin_to_revoked_ms": [1000 * s for s in _seconds(lifecycles, "checked_in", "revoked")]}
     return {"bench": "steady", "cores": os.cpu_count(), "rate": rate, "seconds": seconds, "accounts": accounts,
             "settle_seconds": settle, "per_host_concurrency": per_host or Settings().per_host_concurrency,
+            "elevators": elevators,
             "lease_seconds": lease, "results": results, "latencies": latencies}
 
 
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settle", type=float, default=15.0, help="seconds of nothing before each cost's rate")
     parser.add_argument("--per-host-concurrency", type=int, default=None,
                         help="JIT_PER_HOST_CONCURRENCY of the daemons (default: the shipped default)")
+    parser.add_argument("--elevators", type=int, default=1, help="jit-elevator processes (replicas)")
     parser.add_argument("--out", default="")
     parser.add_argument("--logs", default="", help="folder for the daemons' logs (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     costs = [float(c) for c in args.costs.split(",")]
     with tempfile.TemporaryDirectory(prefix="jit-steady-") as tmp:
         report = run(args.rate, args.seconds, args.accounts, costs, Path(args.logs or tmp), settle=args.settle,
-                     per_host=args.per_host_concurrency)
+                     per_host=args.per_host_concurrency, elevators=args.elevators)
     print(json.dumps({k: v for k, v in report.items() if k != "latencies"}, indent=1))
     title = f"steady {args.rate:g}/s for {args.seconds:g} s, {report['cores']} cores"
     save(report, args.out, lambda png: distributions(png, title, latency_panels(report), log_x=True))

@@ -23,9 +23,10 @@ def test_burst_smoke(tmp_path: Path) -> None:
 
 
 def test_steady_smoke(tmp_path: Path) -> None:
-    report = steady.run(2.0, 2.0, 3, [0.0], tmp_path, settle=0.0, per_host=3)
+    report = steady.run(2.0, 2.0, 3, [0.0], tmp_path, settle=0.0, per_host=3, elevators=2)
     result = report["results"]["0ms"]
     assert result["outcomes"] == {"revoked": 4, "failed": 0, "denied": 0, "open": 0}
     assert result["lease_waits"] == 0 and result["scripts"].get("elevate_known") == 4
-    assert result["operation_ms"]["elevate_known"]["n"] > 0 and report["per_host_concurrency"] == 3
+    assert result["operation_ms"]["elevate_known"]["n"] > 0
+    assert report["per_host_concurrency"] == 3 and report["elevators"] == 2
     assert len(report["latencies"]["ps-startup 0 ms"]["request_to_elevated_ms"]) == 4
