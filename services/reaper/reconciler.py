@@ -5,8 +5,8 @@ elevator, an add that returned after its request ended), one replica leases the 
 group's members by SID (one WinRM call, outside any transaction) and compares them with the ledger:
 
 - a membership no active grant holds, whose baseline is not "yes" and that is ours (or of unknown
-  baseline), is removed by SID, unless a grant of it is REVOKING (the reaper is removing it and retries
-  until it is done); once the host shows it gone and no add can land, it is settled;
+  baseline), is removed by SID, unless a grant of it became REVOKING within a lease (the reaper is removing
+  it); once the host shows it gone and no add can land, it is settled;
 - a membership an ELEVATED grant holds but the host no longer lists is put back (its hold's add_until
   is set before the add is sent, as the elevator does) and logged as `membership.restored`;
 - on the first listing of a group its members are its standing members (baseline "yes");
@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.reaper.policy import SOURCE
@@ -69,6 +69,7 @@ class Reconciler:
         self.clock = clock
         fallback = settings.winrm_deadline_seconds + DEADLINE_SLACK_SEC
         self._call_bound = float(getattr(port, "max_call_seconds", fallback))
+        self._revocation_window = timedelta(seconds=settings.lease_seconds + settings.retry_in_process_seconds)
 
     def __call__(self) -> None:
         for host, group_sid in self.claim_due(BATCH):
@@ -143,8 +144,8 @@ class Reconciler:
                 elif m.baseline == "yes":
                     continue
                 elif m.account_sid in present:
-                    if _being_revoked(session, m.id):
-                        continue  # a grant's revocation is under way: the reaper removes it (and retries until done)
+                    if _being_revoked(session, m.id, now - self._revocation_window):
+                        continue  # a grant's revocation is under way: the reaper removes it
                     if m.ours or m.baseline == "unknown":
                         decision.remove_ours[m.account_sid] = m.id
                     else:
@@ -291,11 +292,13 @@ def _ledger_state(session: Session, host: str, group_sid: str) -> dict[int, Ledg
     return {mid: (*row, frozenset(holds.get(mid, ()))) for mid, row in rows_by_id.items()}
 
 
-def _being_revoked(session: Session, membership_id: int) -> bool:
-    """Is a grant of this membership REVOKING? Then its removal is the reaper's, which retries until the host
-    confirms; a second removal from here would only race it."""
+def _being_revoked(session: Session, membership_id: int, since: datetime) -> bool:
+    """Did a grant of this membership become REVOKING after `since` (one lease ago)? Then its removal is the
+    reaper's, under way: a second removal from here would only race it. A revocation older than that may be
+    stuck (its host unreachable with its own target): the reconciler removes the membership as before."""
     return session.scalar(select(Hold.request_id).join(Request, Request.id == Hold.request_id).where(
-        Hold.membership_id == membership_id, Request.state == State.REVOKING.value).limit(1)) is not None
+        Hold.membership_id == membership_id, Request.state == State.REVOKING.value,
+        func.coalesce(Request.revoking_since, Request.updated_at) > since).limit(1)) is not None
 
 
 def _elevated_holder(session: Session, holders: list[str]) -> str | None:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.reaper import ending
 from services.reaper.sweeper import end_expired
 from shared.db.engine import transaction
-from shared.db.models import AuditEntry, Drift, Hold, Host, Membership, OutboxEvent, ReconcileTarget, Task
+from shared.db.models import AuditEntry, Drift, Hold, Host, Membership, OutboxEvent, ReconcileTarget, Request, Task
 from shared.db.transitions import Cause, load
 from shared.events import Event, new_event
 from shared.settings import Settings
@@ -483,3 +483,16 @@ def test_a_membership_the_reaper_is_revoking_is_not_removed_twice(world: World) 
     _due_now(world)
     world.reconciler()
     assert _removes(world) == 1
+
+
+def test_a_revocation_stuck_for_longer_than_a_lease_is_backed_up_by_the_reconciler(world: World) -> None:
+    """The reaper cannot end it (say its own way to the host is broken): past a lease the reconciler removes."""
+    request = world.request()
+    world.elevate(request)
+    world.reconciler()
+    world.check_in(request)
+    with transaction(world.factory) as session:
+        session.execute(Request.__table__.update().values(revoking_since=datetime.now(UTC) - timedelta(hours=1)))
+    _due_now(world)
+    world.reconciler()
+    assert _removes(world) == 1 and not world.member()
