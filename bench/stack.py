@@ -138,7 +138,9 @@ class Stack:
                                  publishers=everyone_as(broker_user(amqp_url)), **self.overrides)
         env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_")}
         env |= {"JIT_WINRM_SIM_PASSWORD": PASSWORD, PASSWORD_ENV: PASSWORD}
-        self._start_simulator(env)
+        # Another checkout's daemons (PYTHONPATH) get that checkout's simulator too: it must recognise their
+        # script templates, which may differ from this tree's.
+        self._start_simulator(env | {k: v for k, v in self.daemon_env.items() if k == "PYTHONPATH"})
         engine = make_engine(database_url)
         seed_config(session_factory(engine), [HostSpec(self.host, self.port, transport="ntlm")],
                     username="CORP\\svc-jit", secrets_per_host=self.secrets, approval_required=False)
