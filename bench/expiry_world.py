@@ -168,18 +168,24 @@ def environment(settings: Settings) -> dict[str, str]:
 
 @contextmanager
 def reapers(settings: Settings, replicas: int) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """`replicas` jit-reaper processes (logs in a temporary file, kept on failure)."""
+    """`replicas` jit-reaper processes (logs in a temporary file, kept and named on failure)."""
     log = tempfile.NamedTemporaryFile(prefix="jit-bench-reaper-", suffix=".log", delete=False)  # noqa: SIM115
     procs = [subprocess.Popen([str(BIN / "jit-reaper")], env=environment(settings), stdout=log,
                               stderr=subprocess.STDOUT) for _ in range(replicas)]
+    failed = True
     try:
         yield procs
+        failed = False
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(60)
         log.close()
+        if failed:
+            print(f"jit-reaper logs kept in {log.name}", file=sys.stderr)
+        else:
+            os.unlink(log.name)
 
 
 def wait_revoked(factory: sessionmaker[Session], ids: list[str], timeout: float) -> None:

@@ -23,8 +23,10 @@ PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
 CONTENT_TYPE = f'multipart/encrypted;protocol="{PROTOCOL}";boundary="Encrypted Boundary"'
 
 
-def write_user_file(users: dict[str, str], domains: tuple[str, ...]) -> str:
-    fd, path = tempfile.mkstemp(prefix="jit-winrm-sim-ntlm-", text=True)
+def write_user_file(users: dict[str, str], domains: tuple[str, ...], folder: str) -> str:
+    """The accounts file (passwords in clear, mode 0600) in `folder`: the host's own temporary folder, removed
+    with it when the host closes."""
+    fd, path = tempfile.mkstemp(prefix="ntlm-users-", dir=folder, text=True)
     with os.fdopen(fd, "w") as f:
         for user, password in users.items():
             for domain in (*domains, ""):

@@ -105,7 +105,7 @@ class SimulatedHost:
         self._thread: threading.Thread | None = None
         self._restart_timer: threading.Timer | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="jit-winrm-sim-")
-        self.ntlm_user_file = write_user_file(self.users, (domain, computer_name))
+        self.ntlm_user_file = write_user_file(self.users, (domain, computer_name), self._tmp.name)
         self.cert: CertFiles | None = None
         self.ssl_context: ssl.SSLContext | None = None
         if https:

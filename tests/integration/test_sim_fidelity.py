@@ -12,6 +12,7 @@ import base64
 import re
 import uuid
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import requests
@@ -239,3 +240,14 @@ def test_get_localgroupmember_fails_on_a_group_holding_an_orphaned_sid_and_adsi_
     assert info.value.message == "Failed to compare two elements in the array."
     listed = {(a.sid, a.full_name) for a in host.members_of(group)}
     assert (ORPHAN, ORPHAN) in listed and (host.sid_of("alice"), "WIN-SIM01\\alice") in listed
+
+
+def test_the_ntlm_accounts_file_with_its_passwords_goes_with_the_host() -> None:
+    """pyspnego reads the simulator's accounts (passwords in clear) from a file: it lives in the host's own
+    temporary folder, mode 0600, and is gone once the host closes (2,000 of them were left in /tmp)."""
+    host = SimulatedHost(users={"svc-jit": "Sim-Pa55word!"})
+    path = Path(host.ntlm_user_file)
+    assert "Sim-Pa55word!" in path.read_text() and path.stat().st_mode & 0o077 == 0
+    host.start()
+    host.close()
+    assert not path.exists() and not path.parent.exists()
