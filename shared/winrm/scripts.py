@@ -54,7 +54,7 @@ _MEMBER_BY_SID = (
 # A group's members by ADSI (the WinNT provider: `$group.psbase.Invoke('Members')`), which reads the SIDs the
 # group holds. Windows PowerShell 5.1's Get-LocalGroupMember cannot list a group that holds an orphaned SID
 # (an account deleted from its domain, an Azure AD SID): "Failed to compare two elements in the array",
-# PowerShell/PowerShell issues 2996 and 21617; nor can it without the names' domain at hand. The checks
+# PowerShell/PowerShell issues 2996 and 21617. The checks
 # (is $sid listed?) need only SIDs: Get-JitSids reads them by ADSI alone (and is short: the revoke script is
 # near cmd.exe's line limit). The reconciler's listing wants names and classes for people: Get-JitMembers
 # asks the cmdlet and falls back to ADSI, where a member no name resolves is listed under its SID. A missing

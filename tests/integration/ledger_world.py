@@ -36,26 +36,27 @@ class HookedWinRM(FakeWinRM):
         self.after: dict[str, Callable[[], None]] = {}
         self.before: dict[str, Callable[[], None]] = {}
 
+    @staticmethod
+    def _fire(hooks: dict[str, Callable[[], None]], operation: str) -> None:
+        if (hook := hooks.pop(operation, None)) is not None:
+            hook()
+
     def resolve(self, host: HostEndpoint, creds: Credentials, group: str, member: str) -> Resolved:
         answer = super().resolve(host, creds, group, member)
-        if (hook := self.after.pop("resolve", None)) is not None:
-            hook()
+        self._fire(self.after, "resolve")
         return answer
 
     def add_member(self, host: HostEndpoint, creds: Credentials, group_sid: str, member_sid: str) -> bool:
-        if (hook := self.before.pop("add_member", None)) is not None:
-            hook()
+        self._fire(self.before, "add_member")
         return super().add_member(host, creds, group_sid, member_sid)
 
     def list_members(self, host: HostEndpoint, creds: Credentials, group_sid: str) -> list[GroupMember]:
         answer = super().list_members(host, creds, group_sid)
-        if (hook := self.after.pop("list_members", None)) is not None:
-            hook()
+        self._fire(self.after, "list_members")
         return answer
 
     def remove_member(self, host: HostEndpoint, creds: Credentials, group_sid: str, member_sid: str) -> bool:
-        if (hook := self.before.pop("remove_member", None)) is not None:
-            hook()
+        self._fire(self.before, "remove_member")
         return super().remove_member(host, creds, group_sid, member_sid)
 
 
