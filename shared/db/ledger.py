@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from shared.db.models import Hold, Membership, ReconcileTarget, Request
+from shared.db.models import LEGACY_SQL, Hold, Membership, ReconcileTarget, Request
 from shared.states import State
 
 HOLDING = (State.ELEVATING.value, State.ELEVATED.value)
@@ -79,12 +79,18 @@ def add_in_flight_until(session: Session, membership_id: int, now: datetime) -> 
     return max((at for at in pending if at is not None), default=None)
 
 
+def legacy_grant_query(request: Request) -> Any:
+    """An active grant of the same account, group and host from before the ledger (no SIDs). The literal
+    predicate of ix_requests_legacy_grant, so both engines use that index, not the host's whole history."""
+    return select(Request.id).where(
+        text(LEGACY_SQL), Request.id != request.id, Request.host == request.host, Request.group == request.group,
+        func.lower(Request.account) == (request.account or "").lower(),
+        Request.state.in_((*HOLDING, State.REVOKING.value))).limit(1)
+
+
 def _legacy_grant(session: Session, request: Request) -> bool:
     """Is an active grant of the same account, group and host from before the ledger (no SIDs) in place?"""
-    return session.scalar(select(Request.id).where(
-        Request.id != request.id, Request.host == request.host, Request.group == request.group,
-        func.lower(Request.account) == (request.account or "").lower(), Request.account_sid.is_(None),
-        Request.elevated_at.is_not(None), Request.state.in_((*HOLDING, State.REVOKING.value))).limit(1)) is not None
+    return session.scalar(legacy_grant_query(request)) is not None
 
 
 def take_hold(session: Session, request: Request, *, host: str, group_sid: str, account_sid: str, account: str,

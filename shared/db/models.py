@@ -43,6 +43,7 @@ STATES_SQL = ", ".join(f"'{s.value}'" for s in State)
 ACTIVE_SQL = "state IN ('PENDING', 'APPROVED', 'ELEVATING', 'ELEVATED', 'REVOKING')"
 EXPIRABLE_SQL = "state IN ('APPROVED', 'ELEVATING', 'ELEVATED') AND expiry_event_id IS NULL"
 DECIDE_BY_SQL = "state = 'PENDING' AND decide_by IS NOT NULL"
+LEGACY_SQL = "account_sid IS NULL AND elevated_at IS NOT NULL"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -227,6 +228,10 @@ class Request(Base):
         Index("ix_requests_stuck_elevating", "lease_until",
               postgresql_where=text("state = 'ELEVATING'"), sqlite_where=text("state = 'ELEVATING'")),
         Index("ix_requests_membership", "host", "account", "group"),
+        # Grants from before the ledger (no SIDs), which every take of a hold looks for on its host: cost in
+        # proportion to those rows (none, after the upgrade's grants end), not to the host's history.
+        Index("ix_requests_legacy_grant", "host",
+              postgresql_where=text(LEGACY_SQL), sqlite_where=text(LEGACY_SQL)),
         # `jitctl requests`: newest first, one page read in index order (keyset pagination), or by requester.
         # No index leads with state: SQLite would pick it over the sweeper's partial indexes.
         Index("ix_requests_listing", "requested_at", "id"),

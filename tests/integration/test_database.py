@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import inbox
 from shared.db.engine import transaction
+from shared.db.ledger import legacy_grant_query
 from shared.db.models import AuditEntry, Base, Request, Task, TaskSecret
 from shared.db.transitions import Cause, load, transition
 from shared.states import State, Trigger
@@ -138,6 +139,24 @@ def test_the_sweeper_query_uses_its_partial_index(engine: sa.Engine, factory: se
             plan = "\n".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + compiled))
         assert "ix_requests_due_expiry" in plan
         assert len(conn.execute(query).all()) == 1
+
+
+def test_the_legacy_grant_look_uses_its_partial_index(engine: sa.Engine, factory: sessionmaker[Session]) -> None:
+    """Every hold taken looks for a pre-ledger grant of its account on the host: not through the host's history."""
+    seed_config(factory, [HostSpec("127.0.0.1", 5985)])
+    legacy = make_request(factory, secret_id="sec-0-0", host="127.0.0.1", state=State.ELEVATED)
+    with transaction(factory) as s:
+        s.execute(sa.update(Request).values(elevated_at=NOW, account_sid=None))
+    request = Request(id="another", host="127.0.0.1", group=legacy.group, account=legacy.account.upper())
+    compiled = str(legacy_grant_query(request).compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + compiled))
+        else:
+            plan = "\n".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + compiled))
+        assert "ix_requests_legacy_grant" in plan
+        assert conn.execute(legacy_grant_query(request)).scalar() == legacy.id
 
 
 def test_times_come_back_aware_utc_on_both_engines(factory: sessionmaker[Session]) -> None:

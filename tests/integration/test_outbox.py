@@ -7,7 +7,7 @@ import time
 
 import pika
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.amqp.publisher import Publisher
@@ -91,9 +91,10 @@ class WritingPublisher:
         self.sent.append(message_id)
 
 
-def test_no_transaction_is_held_while_publishing(factory: sessionmaker[Session]) -> None:
+def test_no_writer_waits_on_the_relay_while_it_publishes(factory: sessionmaker[Session]) -> None:
     # On SQLite a transaction is the whole database's write lock: holding it across broker I/O would
-    # stall every daemon's writes for as long as the broker is slow.
+    # stall every daemon's writes for as long as the broker is slow (so no transaction is open then). On
+    # PostgreSQL the relay's transaction locks only the rows it publishes.
     with transaction(factory) as s:
         enqueue(s, failed_event(1))
     publisher = WritingPublisher(factory)
@@ -136,3 +137,60 @@ def test_the_journal_keeps_every_event_type_and_no_status_query(settings: Settin
     conn.close()
     got = drain(settings, expect=len(EVENT_TYPES) + 1, timeout=3.0)
     assert sorted(body for _, body in got) == sorted(t.encode() for t in EVENT_TYPES)  # type: ignore[misc]
+
+
+class Dying:
+    """A relay's process dies in the middle of publishing (not an error the relay handles)."""
+
+    def publish(self, routing_key: str, body: bytes, *, message_id: str) -> None:
+        raise KeyboardInterrupt
+
+
+def test_rows_of_a_relay_that_died_mid_publish_are_published_by_the_next(database_url: str,
+                                                                         factory: sessionmaker[Session]) -> None:
+    with transaction(factory) as s:
+        enqueue(s, failed_event(1))
+    with pytest.raises(KeyboardInterrupt):
+        publish_pending(factory, Dying())
+    sent: list[str] = []
+
+    class Next:
+        def publish(self, routing_key: str, body: bytes, *, message_id: str) -> None:
+            sent.append(message_id)
+
+    if database_url.startswith("sqlite"):
+        # Claimed in a transaction of its own, which committed: the claim runs out before anyone retakes it.
+        assert publish_pending(factory, Next()) == 0
+        with transaction(factory) as s:
+            s.execute(update(OutboxEvent).values(claimed_until=None))
+    # PostgreSQL: the dead relay's transaction rolled back and its row locks went with it, so at once.
+    assert publish_pending(factory, Next()) == 1
+    assert len(sent) == 1
+
+
+def test_on_postgresql_a_batch_is_published_in_one_transaction(database_url: str, engine: Engine,
+                                                               factory: sessionmaker[Session]) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite claims, publishes and marks in two transactions (a write lock must not span I/O)")
+    with transaction(factory) as s:
+        for n in range(3):
+            enqueue(s, failed_event(n))
+    commits: list[object] = []
+
+    def committed(conn: object) -> None:
+        commits.append(conn)
+
+    sent: list[str] = []
+
+    class Recording:
+        def publish(self, routing_key: str, body: bytes, *, message_id: str) -> None:
+            sent.append(message_id)
+
+    event.listen(engine, "commit", committed)
+    try:
+        assert publish_pending(factory, Recording()) == 3
+    finally:
+        event.remove(engine, "commit", committed)
+    assert len(sent) == 3 and len(commits) == 1
+    with factory() as s:
+        assert all(r.published_at is not None for r in s.scalars(select(OutboxEvent)))
