@@ -16,7 +16,10 @@ def build(runtime: Runtime) -> int:
         max_shells_per_host=settings.per_host_concurrency,
     ))
     elevator = Elevator(runtime.factory, winrm, settings, runtime.clock)
-    return runtime.serve(ROUTING_KEYS, elevator.process)
+    try:
+        return runtime.serve(ROUTING_KEYS, elevator.process)
+    finally:
+        winrm.close()  # its pooled shells: a restart must not leak them against the hosts' shell quota
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ DESCRIPTION = ("Ends elevations: on check-in, expiry or an operator's request, r
                "group on the host and retries until the host confirms.")
 
 
-def winrm_port(s: Settings) -> WinRMPort:
+def winrm_port(s: Settings) -> Metered:
     return Metered(MembershipClient(operation_timeout_sec=s.winrm_operation_timeout_seconds,
                                     read_timeout_sec=s.winrm_read_timeout_seconds,
                                     deadline_sec=s.winrm_deadline_seconds, max_shells_per_host=s.per_host_concurrency))
@@ -52,6 +52,7 @@ def build(runtime: Runtime, port: WinRMPort | None = None) -> int:
         return runtime.serve(ROUTING_KEYS, process, periodic=periodic)
     finally:
         pool.shutdown(POOL_GRACE_SECONDS)
+        port.close()  # the pooled shells: a restart must not leak them against the hosts' shell quota
 
 
 def main() -> None:

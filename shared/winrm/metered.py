@@ -29,6 +29,12 @@ class Metered:
         """Everything else is the adapter's own (`max_call_seconds`, on which callers build their leases)."""
         return getattr(self.port, name)
 
+    def close(self) -> None:
+        """Close the adapter's pooled shells, if it pools any (a test's in-memory port has none)."""
+        close = getattr(self.port, "close", None)
+        if close is not None:
+            close()
+
     def _call(self, operation: str, host: HostEndpoint, call: Callable[[], T]) -> T:
         in_flight = metrics.WINRM_IN_FLIGHT.labels(host=host.key)
         in_flight.inc()

@@ -12,7 +12,8 @@ for a few processes with the default cap of 5. A connection idle longer than ``i
 shell is created with an IdleTimeOut of ``idle_sec + 60`` so a process that dies leaks nothing for long.
 A connection is reused only after a clean run; any failure closes it. A reused shell that the host
 dropped (``w:InvalidSelectors`` on Command: nothing ran) is replaced once, within the same deadline.
-``idle_sec=0`` turns pooling off: a connection and shell per call, as before.
+``idle_sec=0`` turns pooling off: a connection and shell per call, as before. The daemons ``close`` the
+pool when they stop (after their work has drained), so a restart leaks no shell.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ import threading
 import time
 from collections import deque
 
+from shared import logs
+
 from .endpoint import Credentials, HostEndpoint
-from .shell import Connection, ScriptOutput, ScriptRunFailed, ShellGone
+from .shell import CLEANUP_GRACE_SEC, Connection, ScriptOutput, ScriptRunFailed, ShellGone
+
+log = logs.get_logger()
 
 
 class ShellPool:
@@ -34,6 +39,7 @@ class ShellPool:
         self.max_per_host = max_per_host
         self._idle: dict[tuple[HostEndpoint, Credentials], deque[Connection]] = {}
         self._lock = threading.Lock()
+        self._closed = False
         self.opened = 0  # connections (and shells) opened, for tests and benchmarks
 
     def run(self, host: HostEndpoint, creds: Credentials, script: str, deadline: float) -> ScriptOutput:
@@ -58,11 +64,20 @@ class ShellPool:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        """Delete every idle shell, all at once (each within the cleanup grace): a daemon that stops without
+        this leaks its shells on each host until their IdleTimeOut, and a few restarts in a row then use up the
+        host's MaxShellsPerUser, failing every call of every process until they expire."""
         with self._lock:
+            self._closed = True  # a call still running gives its connection back after this: closed, not pooled
             connections = [c for idle in self._idle.values() for c in idle]
             self._idle.clear()
-        for connection in connections:
-            connection.close()
+        closers = [threading.Thread(target=c.close, name="winrm-shell-close", daemon=True) for c in connections]
+        for closer in closers:
+            closer.start()
+        deadline = time.monotonic() + CLEANUP_GRACE_SEC + 1.0
+        for closer in closers:
+            closer.join(max(0.0, deadline - time.monotonic()))
+        log.info("winrm.pool.closed", shells=len(connections), left=sum(1 for c in closers if c.is_alive()))
 
     def idle_count(self, host: HostEndpoint | None = None) -> int:
         with self._lock:
@@ -98,7 +113,7 @@ class ShellPool:
         return taken
 
     def _give_back(self, connection: Connection) -> None:
-        if self.idle_sec <= 0 or connection.broken:
+        if self.idle_sec <= 0 or connection.broken or self._closed:
             connection.close()
             return
         surplus: Connection | None = None

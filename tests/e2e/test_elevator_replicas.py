@@ -100,10 +100,14 @@ def test_two_replicas_elevate_each_request_exactly_once(settings: Settings, fact
             raise AssertionError(f"{exc}; states {dict(states)}; logs {[dict(log_events(x)) for x in logs]}") from None
         time.sleep(1.0)  # a double elevation would publish a second event: give it time to show
         elevated = collections.Counter(e["data"]["request_id"] for e in tap.of("elevation.elevated"))
+        open_before_stop = [sim.open_shells() for sim in sims]
     finally:
         codes = [stop(p) for p in processes]
         tap.close()
     assert codes == [0, 0]
+    assert all(open_before_stop), "the replicas pool their shells"
+    # Deleted when they stopped: leaked shells count against each host's MaxShellsPerUser until they expire.
+    assert [sim.open_shells() for sim in sims] == [0, 0, 0]
     assert set(elevated) == {r.id for r in requests} and set(elevated.values()) == {1}
     with factory() as s:
         states = collections.Counter(s.scalars(select(Request.state)))

@@ -47,6 +47,7 @@ def check_in(reapers: Reapers, i: int) -> None:
 def test_a_checkin_is_revoked_and_announced_and_sigterm_exits_cleanly(
         reapers: Reapers, factory: sessionmaker[Session], sim: SimulatedHost) -> None:
     [rid] = elevations(factory, sim, 1)
+    ours = sim.open_shells()  # the test's own client pools one
     reapers.start()
     check_in(reapers, 0)
     wait_for(lambda: states(factory, [rid])[rid] == State.REVOKED.value, 20, "REVOKED", reapers.dump)
@@ -58,7 +59,10 @@ def test_a_checkin_is_revoked_and_announced_and_sigterm_exits_cleanly(
             return s.scalar(select(OutboxEvent.published_at).where(OutboxEvent.type == "elevation.revoked")) is not None
 
     wait_for(published, 10, "elevation.revoked published")
+    assert sim.open_shells() > ours  # the reaper's, pooled for the next revocation
     assert reapers.stop_all() == [0]
+    # Deleted when it stopped: leaked shells count against the host's MaxShellsPerUser until they expire.
+    assert sim.open_shells() == ours
 
 
 def test_an_ended_window_is_swept_and_revoked(reapers: Reapers, factory: sessionmaker[Session],

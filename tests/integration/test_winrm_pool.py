@@ -33,6 +33,24 @@ def test_one_connection_and_shell_serve_many_calls(sim: SimulatedHost, transport
     assert sim.open_shells() == 0
 
 
+def test_a_call_that_returns_after_close_deletes_its_shell(sim: SimulatedHost) -> None:
+    """A daemon closes its pool when it stops; a call still running then (a reconciler's listing) must not
+    put its shell back into a pool nobody will close: it would leak against the host's shell quota."""
+    client = pooled()
+    ep, cr = endpoint(sim), creds("basic")
+    client.list_members(ep, cr, ADMINS)
+    original = client.pool._take
+
+    def take_then_close(host, creds):  # type: ignore[no-untyped-def]
+        connection = original(host, creds)
+        client.close()  # the daemon stops while this call runs
+        return connection
+
+    client.pool._take = take_then_close  # type: ignore[method-assign]
+    client.list_members(ep, cr, ADMINS)
+    assert client.pool.idle_count() == 0 and sim.open_shells() == 0
+
+
 def test_pooling_off_opens_a_shell_per_call(sim: SimulatedHost) -> None:
     client = pooled(pool_idle_sec=0)
     ep, cr = endpoint(sim), creds("basic")
