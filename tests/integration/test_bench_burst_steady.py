@@ -1,4 +1,4 @@
-"""The burst and steady benchmarks at a smoke size (no timing asserted): each runs end to end on the real stack,
+"""The burst, steady and relay benchmarks at a smoke size (no timing asserted): each runs end to end on the real stack,
 every lifecycle ends REVOKED, the simulator counts the runs, and the floor the burst compares with is measured."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import burst, steady
+from bench import burst, relay, steady
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -30,3 +30,10 @@ def test_steady_smoke(tmp_path: Path) -> None:
     assert result["operation_ms"]["elevate_known"]["n"] > 0
     assert report["per_host_concurrency"] == 3 and report["elevators"] == 2
     assert len(report["latencies"]["ps-startup 0 ms"]["request_to_elevated_ms"]) == 4
+
+
+def test_relay_smoke() -> None:
+    """bench.relay against this very tree as `--before`: both sides publish every event once (asserted inside)."""
+    report = relay.run(str(Path(__file__).resolve().parents[2]), 10, 1)
+    assert set(report["results"]) == {"now 1", "before 1", "now 5", "before 5"}
+    assert all(r["cpu_ms_per_event"] > 0 for r in report["results"].values())
