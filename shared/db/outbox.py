@@ -7,7 +7,10 @@ the mark publishes the event again, which consumers' inboxes absorb.
 On PostgreSQL one transaction does it all: it locks the rows (`FOR UPDATE SKIP LOCKED`: another relay
 skips them, and a relay that dies releases them with its connection), publishes, marks them, and commits
 without waiting for the WAL flush (`synchronous_commit = off`): a mark lost in a crash only publishes the
-event again. On SQLite a transaction is the whole database's write lock, which must not be held across
+event again. A broker that blocks publishers (a resource alarm) keeps that transaction open for up to the
+blocked-connection timeout (60 s): only the rows it locked wait, and a server's
+`idle_in_transaction_session_timeout` that ends it first only makes the next pass publish them again. On
+SQLite a transaction is the whole database's write lock, which must not be held across
 broker I/O: rows are claimed for `CLAIM_SECONDS` in one short transaction (`BEGIN IMMEDIATE` makes the
 claim atomic), published with no transaction open, then marked in another.
 """
