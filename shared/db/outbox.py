@@ -9,10 +9,11 @@ skips them, and a relay that dies releases them with its connection), publishes,
 without waiting for the WAL flush (`synchronous_commit = off`): a mark lost in a crash only publishes the
 event again. A broker that blocks publishers (a resource alarm) keeps that transaction open for up to the
 blocked-connection timeout (60 s): only the rows it locked wait, and a server's
-`idle_in_transaction_session_timeout` that ends it first only makes the next pass publish them again. On
-SQLite a transaction is the whole database's write lock, which must not be held across
-broker I/O: rows are claimed for `CLAIM_SECONDS` in one short transaction (`BEGIN IMMEDIATE` makes the
-claim atomic), published with no transaction open, then marked in another.
+`idle_in_transaction_session_timeout` that ends it first only makes the next pass publish them again.
+
+On SQLite a transaction is the whole database's write lock, which must not be held across broker I/O: rows
+are claimed for `CLAIM_SECONDS` in one short transaction (`BEGIN IMMEDIATE` makes the claim atomic),
+published with no transaction open, then marked in another.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 # A short batch was all there was: what commits later wakes us (or the poll finds it).
-                while publish_pending(self._factory, self._publisher, batch=BATCH, types=self._types) >= BATCH \
+                while publish_pending(self._factory, self._publisher, types=self._types) >= BATCH \
                         and not self._stop.is_set():
                     pass
                 failures = 0
